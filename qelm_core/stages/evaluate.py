@@ -1,0 +1,64 @@
+"""Stage evaluate: every student number beside uniform, unigram, bigram, classical and teacher."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from qelm_core import tracking
+from qelm_core.config import Params, Paths
+from qelm_core.data import unigram_probs
+from qelm_core.devices import fake_hardware
+from qelm_core.distill import load_distill_data
+from qelm_core.evaluate import (bigram_table, gap_recovered, model_probs, model_scores, noisy_subset, perplexity,
+                                target_probs, tune_bigram_k)
+from qelm_core.io import atomic_write_json, atomic_write_text
+from qelm_core.plots import perplexity_bars
+from qelm_core.reports import model_card
+from qelm_core.student import load_student
+
+
+def run(params: Params, paths: Paths) -> dict:
+    data, vocab, ids = load_distill_data(paths, params.student.context)
+    test, V = data["test"], vocab.size
+    student, cfg = load_student(paths.student)
+    classical, ccfg = load_student(paths.root / "models" / "classical")
+    k = tune_bigram_k(ids["train"], ids["val"], V)
+    prev = test.contexts[:, -1].numpy()
+    probs = {"quantum": model_probs(student, test.contexts), "classical": model_probs(classical, test.contexts),
+             "teacher": test.teacher.float().numpy().clip(1e-8),
+             "bigram": bigram_table(ids["train"], V, k)[prev],
+             "unigram": np.broadcast_to(unigram_probs(ids["train"], V), (len(prev), V))}
+    y = test.targets.numpy()
+    m: dict = {"ppl_uniform": float(V), "top1_uniform": 1 / V, "top5_uniform": 5 / V, "bigram_k": k}
+    for name, p in probs.items():
+        m.update({f"{key}_{name}": value for key, value in model_scores(p, y).items()})
+    if params.evaluate.noisy_positions:
+        noisy, exact, tgt, zeros = noisy_subset(student, test.contexts, y, params.evaluate.noisy_positions,
+                                                fake_hardware(params.evaluate.noisy_backend), params.evaluate.shots,
+                                                params.evaluate.smoothing, params.seed)
+        m.update(ppl_quantum_noisy=perplexity(target_probs(noisy, tgt)),
+                 ppl_quantum_exact_subset=perplexity(target_probs(exact, tgt)),
+                 noisy_zero_prob_targets=zeros, noisy_smoothing=params.evaluate.smoothing)
+    counts = cfg["param_counts"]
+    m.update(params_quantum_circuit=counts["circuit"], params_embedding=counts["embedding"],
+             params_quantum_classical=counts["classical"], params_classical=ccfg["param_counts"]["total"],
+             params_teacher=json.loads((paths.metrics / "teacher.json").read_text())["params_teacher"],
+             bytes_student=(paths.student / "model.safetensors").stat().st_size,
+             bytes_classical=(paths.root / "models" / "classical" / "model.safetensors").stat().st_size,
+             bytes_teacher=json.loads((paths.metrics / "teacher.json").read_text())["bytes_teacher"],
+             gap_recovered=gap_recovered(m["ppl_unigram"], m["ppl_quantum"], m["ppl_teacher"]),
+             gap_recovered_classical=gap_recovered(m["ppl_unigram"], m["ppl_classical"], m["ppl_teacher"]),
+             test_tokens=len(y), test_data_hash=tracking.dvc_out_hashes(paths).get("data/prepared", vocab.digest()))
+    bars = {n: m[f"ppl_{n}"] for n in ("uniform", "unigram", "bigram", "classical", "quantum", "teacher")}
+    if "ppl_quantum_noisy" in m:
+        bars["quantum noisy (subset)"] = m["ppl_quantum_noisy"]
+    chart = perplexity_bars(paths.plots / "eval_perplexity.png", bars, f"Test perplexity, V={V}")
+    card = model_card(params, m, cfg)
+    with tracking.pipeline_run(paths, params, run_id=cfg["run_id"], stage="evaluate"):
+        tracking.log_metrics(m)
+        tracking.log_artifact(chart, "plots")
+        atomic_write_text(paths.root / "reports" / "model_card.md", card)
+        tracking.log_artifact(paths.root / "reports" / "model_card.md", "reports")
+    atomic_write_json(paths.metrics / "eval.json", m)
+    return m

@@ -1,0 +1,31 @@
+"""Stage register: log the student as an MLflow pyfunc, register a version, alias it `challenger`.
+
+The very first version also becomes `champion` (there is nothing to compare it with); after that
+only `qelm promote` moves `champion`, through the gate in registry.py.
+"""
+from __future__ import annotations
+
+import json
+
+from qelm_core import tracking
+from qelm_core.config import Params, Paths
+from qelm_core.io import atomic_write_json
+from qelm_core.registry import promote
+
+
+def run(params: Params, paths: Paths) -> dict:
+    tracking.configure(paths)
+    name = params.registry.model_name
+    m = json.loads((paths.metrics / "eval.json").read_text())
+    cfg = json.loads((paths.student / "config.json").read_text())
+    tags = {key: str(m[key]) for key in ("ppl_quantum", "ppl_classical", "ppl_unigram", "ppl_bigram", "ppl_teacher",
+                                         "gap_recovered", "test_data_hash")}
+    with tracking.pipeline_run(paths, params, run_id=cfg["run_id"], stage="register") as run_id:
+        uri = tracking.log_student_model(paths.student, cfg["vocab"]["size"], cfg["context"])
+        version = tracking.register_version(uri, name, {**tags, "run_id": run_id})
+    result = {"model_name": name, "version": int(version), "challenger": int(version)}
+    if tracking.alias_version(name, "champion") is None:
+        result["promotion"] = promote(name).reason
+    result["champion"] = int(tracking.alias_version(name, "champion").version)
+    atomic_write_json(paths.metrics / "register.json", result)
+    return result

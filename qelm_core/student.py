@@ -1,0 +1,300 @@
+"""Student next-token models: the quantum Born machine and its parameter-matched classical baseline.
+
+Common interface: `forward(context_ids (B, k) long) -> log_probs (B, V)`, V = 2^n_qubits, each row
+the log of a distribution that sums to 1. Vocabulary ids are sorted by descending train frequency and
+id 0 is the OTHER bucket (the most frequent).
+
+Vocabulary -> basis states: id i is read out from basis state `basis_order(n)[i]`, the basis states
+sorted by (Hamming weight, integer value): id 0 -> |0...0>, ids 1..n -> the weight-1 states, then
+weight 2, ... So frequent ids sit on states that are few bit-flips from |0...0>, which is where a
+near-identity circuit fed small angles puts its probability mass at init.
+
+Weights are saved as safetensors + config.json (never pickle); see save_student / load_student.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .circuits import ansatz, build_qnode
+from .config import ConfigError, DeviceParams, Params, QelmError, StudentParams
+from .devices import diff_method_for, make_device
+from .io import atomic_dir, atomic_write_json
+
+PROB_FLOOR = 1e-12  # probabilities are floored before the log so the NLL stays finite
+WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
+FORMAT = "qelm-student/1"
+
+
+def basis_order(n_qubits: int) -> torch.Tensor:
+    """(V,) long: vocab id -> basis-state index, by increasing Hamming weight, ties by value."""
+    order = sorted(range(2**n_qubits), key=lambda b: (bin(b).count("1"), b))
+    return torch.tensor(order, dtype=torch.long)
+
+
+def basis_bits(n_qubits: int) -> torch.Tensor:
+    """(V, n) float: bit of wire q (wire 0 = most significant) of each vocab id's basis state."""
+    states = basis_order(n_qubits)
+    shifts = torch.arange(n_qubits - 1, -1, -1)
+    return ((states[:, None] >> shifts) & 1).to(torch.float32)
+
+
+def quantum_param_count(sp: StudentParams) -> int:
+    V, n = 2**sp.n_qubits, sp.n_qubits
+    embedding = V * n if sp.encoding == "embedding" else 0
+    return embedding + sp.context * sp.layers * n * 3 + (V if sp.log_bias else 0)
+
+
+def _check_ids(context_ids: torch.Tensor, context: int, vocab: int) -> None:
+    if context_ids.ndim != 2 or context_ids.shape[1] != context:
+        raise QelmError(f"student: expected context ids of shape (batch, {context}), got {tuple(context_ids.shape)}")
+    if context_ids.numel() and (int(context_ids.min()) < 0 or int(context_ids.max()) >= vocab):
+        raise QelmError(
+            f"student: token ids must be in [0, {vocab}); the data was prepared for another vocabulary size"
+        )
+
+
+class QuantumStudent(nn.Module):
+    """Born machine p(next | context) = |<x|U(context)|0>|^2, read through `basis_order`.
+
+    Encoding: "embedding" = a trainable (V, n) table of RY angles. Init: N(0, s_i) with s_i from 0.05
+    (most frequent id) to 0.5 (rarest), rank taken from `unigram_counts` if given, else from the id
+    (ids are frequency-sorted). Frequent contexts therefore start near |0...0>, so with the
+    near-identity layers the init distribution favours id 0 and the low-Hamming-weight (frequent)
+    ids; rarer ids get larger angles so that different contexts are distinguishable from step 0.
+    "bits" = fixed angles pi * bit_q of the token's basis state (the same permutation as the output).
+    Circuit weights (context, layers, n, 3) ~ N(0, 0.02): near identity. `log_bias` (V,), zeros at
+    init, is added to the log-probs before renormalising (a classical correction, counted as such).
+    """
+
+    def __init__(self, params: StudentParams, device_params: DeviceParams | None = None,
+                 unigram_counts: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        super().__init__()
+        if params.engine != "pennylane":
+            raise ConfigError(f"student.engine: {params.engine!r} is not available yet; use 'pennylane'")
+        self.params = params
+        self.device_params = device_params or DeviceParams()
+        n, V = params.n_qubits, 2**params.n_qubits
+        self.spec = ansatz(n, params.context, params.layers)
+        self.register_buffer("basis", basis_order(n), persistent=False)  # (V,)
+        if params.encoding == "embedding":
+            if unigram_counts is not None:
+                counts = torch.as_tensor(unigram_counts, dtype=torch.float64).flatten()
+                if counts.numel() != V:
+                    raise QelmError(f"student: unigram_counts has {counts.numel()} entries, expected {V}")
+                rank = torch.argsort(torch.argsort(-counts, stable=True)).to(torch.float32)
+            else:
+                rank = torch.arange(V, dtype=torch.float32)
+            std = 0.05 + 0.45 * rank / max(V - 1, 1)  # (V,)
+            self.embedding = nn.Parameter(torch.randn(V, n, generator=generator) * std[:, None])  # (V, n)
+        else:
+            self.embedding = None
+            self.register_buffer("bit_angles", math.pi * basis_bits(n), persistent=False)  # (V, n)
+        self.circuit_weights = nn.Parameter(0.02 * torch.randn(self.spec.weight_shape, generator=generator))
+        self.log_bias = nn.Parameter(torch.zeros(V)) if params.log_bias else None
+
+        dev = make_device(self.device_params, n, shots=self.device_params.shots)
+        diff = diff_method_for(self.device_params, training=True)
+        self._qnode = build_qnode(self.spec, dev, diff, shots=self.device_params.shots)
+
+    @property
+    def vocab_size(self) -> int:
+        return 2**self.params.n_qubits
+
+    def angles(self, context_ids: torch.Tensor) -> torch.Tensor:
+        """(B, k) ids -> (B, k, n) RY angles."""
+        table = self.embedding if self.embedding is not None else self.bit_angles
+        return table[context_ids]
+
+    def circuit_probs(self, context_ids: torch.Tensor) -> torch.Tensor:
+        """(B, k) -> (B, V) float64 circuit probabilities in vocabulary order (no log_bias)."""
+        _check_ids(context_ids, self.params.context, self.vocab_size)
+        angles = self.angles(context_ids).to(torch.float64)  # (B, k, n); one dtype end to end (complex128)
+        probs = self._qnode(angles, self.circuit_weights)  # (B, V) basis order
+        return probs[..., self.basis]
+
+    def forward(self, context_ids: torch.Tensor) -> torch.Tensor:
+        logp = torch.log(self.circuit_probs(context_ids).clamp_min(PROB_FLOOR))  # (B, V)
+        if self.log_bias is not None:
+            logp = logp + self.log_bias
+        return torch.log_softmax(logp, dim=-1).to(self.circuit_weights.dtype)  # renormalise (floor, bias)
+
+
+def classical_count(d: int, vocab: int, context: int) -> int:
+    """Trainable parameters of the log-bilinear student: E (V, d) + C (k, d, d) + c (d) + b (V)."""
+    return vocab * d + context * d * d + d + vocab
+
+
+def classical_dim_for(n_params_target: int, vocab: int, context: int) -> int:
+    """Largest d >= 1 whose log-bilinear parameter count is <= target."""
+    d = 1
+    while classical_count(d + 1, vocab, context) <= n_params_target:
+        d += 1
+    return d
+
+
+class ClassicalStudent(nn.Module):
+    """Log-bilinear baseline (Mnih & Hinton): h = sum_j C_j e(w_j) + c, logits = E h + b.
+
+    One embedding table E (V, d) serves as input and output embedding (tied), so a small d still
+    gets a full-rank-V output; it is the strongest small classical model we know at this size,
+    which is what an honest baseline should be. d = params.classical_dim, or if 0 the largest d
+    whose trainable count is <= `n_params_target` (the quantum student's count); both counts are
+    kept (`param_budget`, `param_counts(model)`).
+    """
+
+    def __init__(self, params: StudentParams, n_params_target: int | None = None, generator: torch.Generator | None = None):
+        super().__init__()
+        V, k = 2**params.n_qubits, params.context
+        target = n_params_target if n_params_target is not None else quantum_param_count(params)
+        d = params.classical_dim or classical_dim_for(target, V, k)
+        self.params = params.model_copy(update={"classical_dim": d})
+        self.param_budget = target
+        self.embedding = nn.Parameter(0.1 * torch.randn(V, d, generator=generator))  # (V, d) in and out
+        self.context_maps = nn.Parameter(torch.randn(k, d, d, generator=generator) / math.sqrt(d))  # (k, d, d)
+        self.hidden_bias = nn.Parameter(torch.zeros(d))  # (d,)
+        self.output_bias = nn.Parameter(torch.zeros(V))  # (V,)
+
+    @property
+    def vocab_size(self) -> int:
+        return 2**self.params.n_qubits
+
+    def forward(self, context_ids: torch.Tensor) -> torch.Tensor:
+        _check_ids(context_ids, self.params.context, self.vocab_size)
+        e = self.embedding[context_ids]  # (B, k, d)
+        h = torch.einsum("bkd,kde->be", e, self.context_maps) + self.hidden_bias  # (B, d)
+        return torch.log_softmax(h @ self.embedding.T + self.output_bias, dim=-1)  # (B, V)
+
+
+def param_counts(model: nn.Module) -> dict[str, int]:
+    """Trainable parameters by role: embedding tables, circuit angles, classical rest (bias, head)."""
+    out = {"embedding": 0, "circuit": 0, "classical": 0}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            role = next((r for r in ("embedding", "circuit") if name.startswith(r)), "classical")
+            out[role] += p.numel()
+    out["total"] = sum(out.values())
+    return out
+
+
+def build_student(params: Params, unigram_counts: torch.Tensor | None = None) -> nn.Module:
+    """The student named by params.student, deterministically initialised from params.seed."""
+    g = torch.Generator().manual_seed(params.seed)
+    sp = params.student
+    if sp.kind == "quantum":
+        model = QuantumStudent(sp, params.device, unigram_counts, generator=g)
+    else:
+        model = ClassicalStudent(sp, quantum_param_count(sp), generator=g)
+    return model.to(params.device.torch_device)
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, context_ids: torch.Tensor, device_params: DeviceParams,
+                  shots: int | None = None, seed: int | None = None) -> torch.Tensor:
+    """(B, k) -> (B, V) float64 probabilities of the SAME trained weights evaluated on any device.
+
+    Quantum: the circuit is rebuilt on `device_params` (e.g. qiskit.aer, or qiskit.remote with a fake
+    noisy backend and shots); PennyLane splits the batch into per-sample circuits where the device
+    cannot broadcast. Sampled zeros stay zero (smoothing is the evaluator's business).
+    Classical: the device is irrelevant; exp of the forward pass.
+    """
+    if not isinstance(model, QuantumStudent):
+        return model(context_ids).exp().to(torch.float64)
+    _check_ids(context_ids, model.params.context, model.vocab_size)
+    diff_method_for(device_params, training=False)  # validates the device name and an explicit diff_method
+    dev = make_device(device_params, model.params.n_qubits, shots=shots, seed=seed)
+    qnode = build_qnode(model.spec, dev, diff_method=None, shots=shots)
+    angles = model.angles(context_ids).to(torch.float64).cpu()  # (B, k, n)
+    probs = qnode(angles, model.circuit_weights.to(torch.float64).cpu()).reshape(len(context_ids), -1)
+    probs = probs[:, model.basis.cpu()]  # (B, V) vocab order
+    if model.log_bias is not None:
+        bias = model.log_bias.to(torch.float64).cpu()
+        probs = probs * (bias - bias.max()).exp()  # same as adding it to the log-probs; no overflow
+    return probs / probs.sum(-1, keepdim=True)
+
+
+# ---------------------------------------------------------------- save / load (safetensors, no pickle)
+
+def _core_config(model: nn.Module) -> dict:
+    sp = model.params
+    kind = "quantum" if isinstance(model, QuantumStudent) else "classical"
+    cfg = {"format": FORMAT, "kind": kind, "n_qubits": sp.n_qubits, "context": sp.context, "layers": sp.layers,
+           "encoding": sp.encoding, "log_bias": sp.log_bias, "engine": sp.engine, "classical_dim": sp.classical_dim,
+           "param_counts": param_counts(model)}
+    if kind == "classical":
+        cfg["param_budget"] = model.param_budget  # the quantum count it was matched to
+    return cfg
+
+
+def save_student(model: nn.Module, folder: str | Path, extra_config: dict | None = None) -> Path:
+    """Write folder/model.safetensors + folder/config.json; the folder is replaced atomically."""
+    cfg = _core_config(model)
+    clash = set(cfg) & set(extra_config or {})
+    if clash:
+        raise ValueError(f"extra_config may not override {sorted(clash)}")
+    cfg.update(extra_config or {})
+    tensors = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters()}
+    with atomic_dir(folder) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "qelm": FORMAT})
+        atomic_write_json(tmp / CONFIG_FILE, cfg)
+    return Path(folder)
+
+
+def load_student(folder: str | Path, device_params: DeviceParams | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the student from config.json and load its safetensors weights -> (model, config).
+
+    Every failure is a QelmError with one line; the weights file is parsed by safetensors only, so
+    a pickle (or torch.save) payload is rejected as a bad header and never executed.
+    """
+    folder = Path(folder)
+    cfg_path, w_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    fix = "re-run `qelm train`"
+    for path in (cfg_path, w_path):
+        if not path.is_file():
+            raise QelmError(f"{path}: missing; {fix}")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise QelmError(f"{cfg_path}: not valid JSON ({err}); {fix}") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise QelmError(f"{cfg_path}: not a {FORMAT} config; {fix}")
+    try:
+        sp = StudentParams(**{k: cfg[k] for k in ("kind", "n_qubits", "context", "layers", "encoding",
+                                                   "log_bias", "engine", "classical_dim")})
+    except KeyError as err:
+        raise QelmError(f"{cfg_path}: missing key {err}; {fix}") from None
+    except ValueError as err:  # pydantic ValidationError
+        raise QelmError(f"{cfg_path}: invalid student config ({str(err).splitlines()[0]}); {fix}") from None
+
+    if sp.kind == "quantum":
+        model = QuantumStudent(sp, device_params or DeviceParams())
+    else:
+        model = ClassicalStudent(sp, cfg.get("param_budget", 0))
+    try:
+        state = load_file(str(w_path))
+    except (SafetensorError, OSError) as err:
+        raise QelmError(f"{w_path}: corrupt or truncated safetensors file ({_first_line(err)}); {fix}") from None
+
+    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {expected[k]}" for k in sorted(set(expected) & set(state))
+              if tuple(state[k].shape) != expected[k]]
+    if missing or unexpected or shapes:
+        parts = [f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "",
+                 f"shape {', '.join(shapes)}" if shapes else ""]
+        detail = "; ".join(p for p in parts if p)
+        raise QelmError(f"{w_path}: weights do not match {CONFIG_FILE} ({detail}); {fix}")
+    model.load_state_dict(state, strict=True)
+    return model, cfg
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:200]

@@ -1,0 +1,202 @@
+"""Every MLflow call of the project lives here: runs, params, metrics, artifacts, registry, aliases.
+
+One MLflow run per pipeline run: `train` opens it and records its id in metrics/train.json;
+`evaluate` and `register` re-open that same run. The default store is the embedded SQLite file
+`mlflow.db` at the repository root; `MLFLOW_TRACKING_URI` points it at a real server.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from qelm_core.config import Params, Paths, QelmError
+
+EXPERIMENT = "qelm"
+
+
+class TrackingError(QelmError):
+    pass
+
+
+def tracking_uri(paths: Paths) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.root / 'mlflow.db'}"
+
+
+def configure(paths: Paths) -> str:
+    """Point MLflow at the store, failing fast (before long work) when a server does not answer."""
+    import mlflow
+
+    uri = tracking_uri(paths)
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as resp:
+                resp.read()
+        except (urllib.error.URLError, OSError) as err:
+            raise TrackingError(f"MLFLOW_TRACKING_URI={uri} does not answer ({getattr(err, 'reason', err)}); "
+                                "start the server or unset the variable to use the local mlflow.db") from None
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    mlflow.set_experiment(EXPERIMENT)
+    return uri
+
+
+def flatten(params: Params) -> dict[str, str]:
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, node) -> None:
+        for key, value in node.items():
+            name = f"{prefix}.{key}" if prefix else key
+            if isinstance(value, dict):
+                walk(name, value)
+            else:
+                out[name] = json.dumps(value) if isinstance(value, list) else str(value)
+
+    walk("", params.model_dump())
+    return out
+
+
+def git_commit(paths: Paths) -> str:
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.root, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
+
+
+def dvc_out_hashes(paths: Paths) -> dict[str, str]:
+    """md5 of every stage output recorded in dvc.lock (what DVC itself uses to identify data)."""
+    import yaml
+
+    lock = paths.root / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    return {o["path"]: o.get("md5", "") for s in stages.values() for o in s.get("outs", [])}
+
+
+def prefect_flow_run_id() -> str | None:
+    """The id of the Prefect flow run we are part of, if any (set by flows/ for every stage)."""
+    return os.environ.get("QELM_PREFECT_FLOW_RUN_ID") or None
+
+
+@contextmanager
+def pipeline_run(paths: Paths, params: Params, run_id: str | None = None, stage: str = "") -> Iterator[str]:
+    """Open (run_id None) or re-open the pipeline's MLflow run. An exception marks it FAILED."""
+    import mlflow
+
+    configure(paths)
+    with mlflow.start_run(run_id=run_id) as run:
+        if run_id is None:
+            mlflow.log_params(flatten(params))
+            tags = {"git_commit": git_commit(paths), "qelm.stage": stage}
+            tags.update({f"dvc.md5.{k}": v for k, v in dvc_out_hashes(paths).items()})
+            if prefect_flow_run_id():
+                tags["prefect.flow_run_id"] = prefect_flow_run_id()
+            mlflow.set_tags(tags)
+        else:
+            mlflow.set_tag("qelm.stage", stage)
+        yield run.info.run_id
+
+
+def log_metrics(metrics: dict, step: int | None = None, prefix: str = "") -> None:
+    import mlflow
+
+    numeric = {f"{prefix}{k}": float(v) for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    mlflow.log_metrics(numeric, step=step)
+
+
+def log_artifact(path: str | Path, folder: str | None = None) -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=folder)
+
+
+def log_dataset(name: str, ids, source: str, digest: str, context: str) -> None:
+    import mlflow
+
+    dataset = mlflow.data.from_numpy(ids, source=source, name=name, digest=digest[:36] or None)
+    mlflow.log_input(dataset, context=context)
+
+
+def run_url(run_id: str) -> str:
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    exp = mlflow.get_run(run_id).info.experiment_id
+    base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
+    return f"{base.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
+
+
+# ------------------------------------------------------------------ model registry
+
+PIP_REQUIREMENTS_PACKAGES = ("torch", "numpy", "pandas", "safetensors", "pydantic", "pennylane", "transformers",
+                             "gguf", "mlflow", "pyyaml", "rich", "typer")
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for name in PIP_REQUIREMENTS_PACKAGES:
+        try:
+            reqs.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            reqs.append(name)
+    return reqs + ["fastapi<0.151"]
+
+
+def log_student_model(student_dir: Path, vocab_size: int, context: int) -> str:
+    """Log the student as a pyfunc (model from code + safetensors artifacts) -> its models:/ URI."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "text", required=False), ColSpec(Array("long"), "context_ids", required=False)]),
+        outputs=Schema([ColSpec(Array("double"), "probs"), ColSpec(Array("string"), "top_tokens"),
+                        ColSpec(Array("double"), "top_probs")]))
+    info = mlflow.pyfunc.log_model(
+        name="student", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+        artifacts={"student": str(student_dir)}, code_paths=[str(Path(__file__).parent)],
+        pip_requirements=_pip_requirements(), signature=signature,
+        metadata={"vocab_size": vocab_size, "context": context})
+    return info.model_uri
+
+
+def register_version(model_uri: str, name: str, tags: dict[str, str]) -> str:
+    """New registered version with tags; the alias `challenger` moves to it. -> version number."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    version = mlflow.register_model(model_uri, name, tags=tags).version
+    MlflowClient().set_registered_model_alias(name, "challenger", version)
+    return str(version)
+
+
+def alias_version(name: str, alias: str):
+    """The ModelVersion behind `alias`, or None if the alias (or the model) does not exist."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: str, reason: str) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.set_registered_model_alias(name, alias, version)
+    client.set_model_version_tag(name, version, f"{alias}_reason", reason)
+
+
+def load_registered(uri: str):
+    import mlflow
+
+    return mlflow.pyfunc.load_model(uri)

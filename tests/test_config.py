@@ -1,0 +1,53 @@
+import subprocess
+import sys
+
+import pytest
+
+from qelm_core.config import ConfigError, load_params, parse_params
+from tests.conftest import REPO, write_params
+
+
+def test_repo_params_are_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.vocab_size == 2 ** params.student.n_qubits
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"student": {"n_qubits": 0}}, "student.n_qubits"),
+    ({"student": {"n_qubits": "eight"}}, "student.n_qubits"),
+    ({"student": {"qubits": 8}}, "student.qubits"),
+    ({"bogus": 1}, "bogus"),
+    ({"train": {"alpha": 1.5}}, "train.alpha"),
+    ({"train": {"temperature": 0}}, "train.temperature"),
+    ({"device": {"shots": 0}}, "device.shots"),
+    ({"teacher": {"window": 64, "stride": 65}}, "teacher"),
+    ({"data": {"split_train": 0.8, "split_val": 0.3}}, "data"),
+])
+def test_bad_params_are_one_line_naming_the_key(raw, key):
+    with pytest.raises(ConfigError) as info:
+        parse_params(raw, "params.yaml")
+    message = str(info.value)
+    assert "\n" not in message and f"params.yaml: {key}" in message
+
+
+def test_unknown_key_says_so():
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_params({"student": {"qubits": 8}})
+
+
+def test_overrides_merge_and_validate(tmp_path):
+    path = write_params(tmp_path, {"student": {"n_qubits": 4, "layers": 2}})
+    params = load_params(path, {"student": {"layers": 5}})
+    assert (params.student.n_qubits, params.student.layers) == (4, 5)
+    with pytest.raises(ConfigError, match="student.layers"):
+        load_params(path, {"student": {"layers": 0}})
+
+
+def test_cli_exits_nonzero_with_one_line(tmp_path):
+    write_params(tmp_path, {"student": {"n_qubits": 0}})
+    proc = subprocess.run([sys.executable, "-m", "qelm_core.cli", "prepare", "--params", "params.yaml"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert lines == ["error: params.yaml: student.n_qubits: Input should be greater than or equal to 1"]
+    assert not (tmp_path / "data").exists()

@@ -1,0 +1,117 @@
+"""Device selection and its one-line errors. No network: real IBM is mocked at QiskitRuntimeService."""
+import pennylane as qml
+import pytest
+
+from qelm_core.config import DeviceParams, QelmError
+from qelm_core.devices import DEVICE_NAMES, TOKEN_ENV, diff_method_for, fake_backend_names, make_device
+
+
+def dp(**kw) -> DeviceParams:
+    return DeviceParams(**kw)
+
+
+def test_unknown_device_lists_valid_names():
+    with pytest.raises(QelmError, match="unknown device 'default.qbit'; valid: default.qubit, lightning.qubit"):
+        make_device(dp(name="default.qbit"), 2)
+    with pytest.raises(QelmError, match="unknown device"):
+        diff_method_for(dp(name="braket.sv1"), training=True)
+
+
+@pytest.mark.parametrize("name, method", [("default.qubit", "backprop"), ("lightning.qubit", "adjoint"),
+                                          ("lightning.gpu", "adjoint"), ("qiskit.aer", "parameter-shift"),
+                                          ("qiskit.remote", "parameter-shift")])
+def test_auto_diff_method(name, method):
+    assert diff_method_for(dp(name=name), training=True) == method
+    assert diff_method_for(dp(name=name), training=False) is None
+
+
+def test_explicit_diff_method_is_validated():
+    assert diff_method_for(dp(name="default.qubit", diff_method="parameter-shift"), training=True) == "parameter-shift"
+    assert diff_method_for(dp(name="lightning.qubit", diff_method="adjoint"), training=True) == "adjoint"
+    msg = "'backprop' is not supported on qiskit.aer; use 'auto' or one of parameter-shift"
+    with pytest.raises(QelmError, match=msg):
+        diff_method_for(dp(name="qiskit.aer", diff_method="backprop"), training=True)
+    with pytest.raises(QelmError, match="'adjoint' is not supported on qiskit.remote"):
+        diff_method_for(dp(name="qiskit.remote", diff_method="adjoint"), training=False)  # validated even for inference
+    with pytest.raises(QelmError, match="'spsa-ish' is not supported on default.qubit"):
+        diff_method_for(dp(name="default.qubit", diff_method="spsa-ish"), training=True)
+    with pytest.raises(QelmError, match="backprop needs exact simulation"):
+        diff_method_for(dp(name="default.qubit", diff_method="backprop", shots=100), training=True)
+    # auto with shots falls back to a shot-compatible method
+    assert diff_method_for(dp(name="default.qubit", shots=100), training=True) == "parameter-shift"
+
+
+@pytest.mark.parametrize("name", ["default.qubit", "lightning.qubit", "qiskit.aer"])
+def test_local_simulators(name):
+    dev = make_device(dp(name=name), 3)
+    assert len(dev.wires) == 3
+
+
+def test_lightning_gpu_missing_is_a_clear_error():
+    if "lightning.gpu" in qml.plugin_devices:
+        pytest.skip("lightning.gpu is installed here")
+    with pytest.raises(QelmError, match="lightning.gpu is not installed"):
+        make_device(dp(name="lightning.gpu"), 2)
+
+
+def test_fake_backend():
+    dev = make_device(dp(name="qiskit.remote", backend="FakeManilaV2"), 2, shots=100, seed=1)
+    assert len(dev.wires) == 2 and dev.backend.num_qubits == 5
+    assert "FakeManilaV2" in fake_backend_names()
+
+
+def test_remote_errors():
+    with pytest.raises(QelmError, match="FakeManilaV2 has 5 qubits but the student needs 6"):
+        make_device(dp(name="qiskit.remote", backend="FakeManilaV2"), 6, shots=100)
+    with pytest.raises(QelmError, match="unknown fake backend 'FakeNowhereV2'; valid include .*FakeManilaV2"):
+        make_device(dp(name="qiskit.remote", backend="FakeNowhereV2"), 2, shots=100)
+    with pytest.raises(QelmError, match="qiskit.remote only samples; set device.shots"):
+        make_device(dp(name="qiskit.remote", backend="FakeManilaV2"), 2)
+    with pytest.raises(QelmError, match="qiskit.remote needs a backend"):
+        make_device(dp(name="qiskit.remote"), 2, shots=100)
+
+
+def test_real_backend_without_token(monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    with pytest.raises(QelmError, match=f"'ibm_brisbane' is a real IBM backend; export {TOKEN_ENV}="):
+        make_device(dp(name="qiskit.remote", backend="ibm_brisbane"), 2, shots=100)
+
+
+class _FakeService:
+    """Stands in for QiskitRuntimeService: records its arguments, hands out an offline fake backend."""
+    calls: list = []
+    fail_with: Exception | None = None
+
+    def __init__(self, **kwargs):
+        _FakeService.calls.append(kwargs)
+        if _FakeService.fail_with is not None:
+            raise _FakeService.fail_with
+
+    def backend(self, name):
+        from qiskit_ibm_runtime.fake_provider import FakeManilaV2
+        return FakeManilaV2()
+
+
+def test_real_backend_mocked_service(monkeypatch, capsys):
+    import qiskit_ibm_runtime
+    from qiskit_ibm_runtime.exceptions import IBMNotAuthorizedError
+
+    secret = "tok-123-secret"
+    monkeypatch.setenv(TOKEN_ENV, secret)
+    monkeypatch.setattr(qiskit_ibm_runtime, "QiskitRuntimeService", _FakeService)
+    monkeypatch.setattr(_FakeService, "calls", [])
+    params = dp(name="qiskit.remote", backend="ibm_fake_real", ibm_instance="crn:abc")
+    dev = make_device(params, 3, shots=100)
+    assert len(dev.wires) == 3
+    assert _FakeService.calls == [{"channel": "ibm_quantum_platform", "token": secret, "instance": "crn:abc"}]
+
+    monkeypatch.setattr(_FakeService, "fail_with", IBMNotAuthorizedError(f"token {secret} rejected"))
+    with pytest.raises(QelmError, match="could not reach IBM backend 'ibm_fake_real'") as err:
+        make_device(params, 3, shots=100)
+    assert secret not in str(err.value) and "***" in str(err.value)
+    captured = capsys.readouterr()
+    assert secret not in captured.out + captured.err
+
+
+def test_valid_names_are_the_documented_ones():
+    assert DEVICE_NAMES == ("default.qubit", "lightning.qubit", "lightning.gpu", "qiskit.aer", "qiskit.remote")

@@ -1,0 +1,118 @@
+"""Promotion gate (pure logic) and the real MLflow registry: register -> promote -> load -> serve."""
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qelm_core.registry import PromotionError, decide
+
+
+def version(number, ppl, data="h1"):
+    return SimpleNamespace(version=str(number), tags={"ppl_quantum": str(ppl), "test_data_hash": data})
+
+
+def test_first_model_becomes_champion():
+    assert decide(version(1, 20), None, force=False).promote
+
+
+def test_worse_challenger_is_kept_out_and_better_one_let_in():
+    assert not decide(version(2, 21), version(1, 20), force=False).promote
+    assert decide(version(2, 19), version(1, 20), force=False).promote
+    forced = decide(version(2, 21), version(1, 20), force=True)
+    assert forced.promote and forced.reason.startswith("forced")
+
+
+def test_refuses_no_challenger_and_different_test_data():
+    with pytest.raises(PromotionError, match="no `challenger`"):
+        decide(None, version(1, 20), force=False)
+    with pytest.raises(PromotionError, match="different test data"):
+        decide(version(2, 5, data="other"), version(1, 20), force=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def save_tiny_student(folder):
+    from qelm_core.config import parse_params
+    from qelm_core.data import Vocab
+    from qelm_core.student import build_student, save_student
+
+    params = parse_params({"student": {"n_qubits": 3, "context": 2, "layers": 1}})
+    vocab = Vocab([-1, 198, 13, 11, 262, 290, 284, 258], ["<OTHER>"] + ["t"] * 7, [1] * 8)
+    save_student(build_student(params), folder, {"vocab": vocab.to_json(), "run_id": ""})
+    return params
+
+
+@pytest.mark.slow
+def test_registry_gate_load_and_rest_serving(tmp_path, monkeypatch):
+    from qelm_core import tracking
+    from qelm_core.config import Paths
+    from qelm_core.predict import NextTokenPredictor
+    from qelm_core.registry import promote
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    paths = Paths(tmp_path)
+    uri = tracking.configure(paths)
+    save_tiny_student(tmp_path / "student")
+
+    def register(ppl, data="h1"):
+        import mlflow
+
+        with mlflow.start_run():
+            model_uri = tracking.log_student_model(tmp_path / "student", 8, 2)
+        return tracking.register_version(model_uri, "qelm-student", {"ppl_quantum": str(ppl), "test_data_hash": data})
+
+    def champion():
+        return str(tracking.alias_version("qelm-student", "champion").version)
+
+    register(10.0)
+    assert promote("qelm-student").promote and champion() == "1"
+    register(12.0)
+    assert not promote("qelm-student").promote and champion() == "1"
+    register(8.0, data="h2")
+    with pytest.raises(PromotionError, match="different test data"):
+        promote("qelm-student")
+    assert champion() == "1"
+    register(8.0)
+    assert promote("qelm-student").promote and champion() == "4"
+
+    model = tracking.load_registered("models:/qelm-student@champion")
+    ids = [[0, 1], [3, 7], [2, 2]]
+    out = model.predict(pd.DataFrame({"context_ids": ids}))
+    direct = NextTokenPredictor.from_folder(tmp_path / "student", with_tokenizer=False).probs(np.array(ids))
+    assert np.array_equal(np.array(out["probs"].tolist()), direct)
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/qelm-student@champion",
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        env={**__import__("os").environ, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        body = json.dumps({"dataframe_split": {"columns": ["context_ids"], "data": [[[0, 1]], [[4, 5]]]}}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        predictions = json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]
+        assert len(predictions) == 2
+        for row in predictions:
+            assert len(row["probs"]) == 8 and sum(row["probs"]) == pytest.approx(1.0, abs=1e-6)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
