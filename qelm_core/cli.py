@@ -51,6 +51,58 @@ for _name, _doc in [
     _stage_command(_name, _doc)
 
 
+# ---- text classification (issue #7): classify/dvc.yaml runs these; code in qelm_core/classify/
+CLASSIFY_PARAMS = typer.Option(Path("classify/params.yaml"), "--params", "-p", help="classify params file")
+
+
+def _classify_command(name: str, doc: str):
+    def command(params: Path = CLASSIFY_PARAMS) -> None:
+        from qelm_core.classify.stages import run_stage as run_classify_stage
+
+        try:
+            result = run_classify_stage(name, params)
+        except QelmError as err:
+            fail(str(err))
+        typer.echo(json.dumps(result, indent=2, default=str))
+
+    command.__doc__ = doc
+    app.command(f"classify-{name}")(command)
+
+
+for _name, _doc in [
+    ("prepare", "Classification datasets -> stratified splits (GX-validated)."),
+    ("features", "MiniLM embeddings and teacher hidden states for every split (cached shards)."),
+    ("teacher", "Linear head on the teacher LLM's hidden states -> soft labels."),
+    ("train", "Quantum classifier, MLP and logistic regression per dataset and seed (same loss)."),
+    ("evaluate", "Accuracy / macro-F1 of every model, exact and on a noisy fake IBM backend."),
+    ("register", "Log the quantum classifier to the MLflow registry as `qelm-classifier`."),
+]:
+    _classify_command(_name, _doc)
+
+
+@app.command("classify-predict")
+def classify_predict(
+    text: list[str] = typer.Option(..., "--text", "-t", help="text to classify (repeatable)"),
+    dataset: str = typer.Option(None, "--dataset", "-d", help="which trained classifier (default: the first)"),
+    seed: int = typer.Option(None, "--seed", help="which seed's model (default: the first seed)"),
+    params: Path = CLASSIFY_PARAMS,
+) -> None:
+    """Classify texts with the trained quantum classifier."""
+    from qelm_core.classify.config import ClassifyPaths, load_classify_params
+    from qelm_core.classify.predict import TextClassifier
+
+    try:
+        cp = load_classify_params(params)
+        paths = ClassifyPaths.here()
+        seed_ = cp.seeds[0] if seed is None else seed
+        clf = TextClassifier.from_folders({d: paths.model_dir(d, seed_, "quantum") for d in cp.datasets})
+        labels, probs = clf.predict(text, dataset)
+    except QelmError as err:
+        fail(str(err))
+    for t, label, p in zip(text, labels, probs):
+        typer.echo(f"{label}\t{p.max():.3f}\t{t[:80]}")
+
+
 @app.command()
 def predict(
     text: str = typer.Option(..., "--text", "-t", help="context text; its last tokens are the student's input"),
@@ -101,6 +153,69 @@ def promote(
     for row in decision.rows:
         table.add_row(*row)
     Console().print(table)
+
+
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="small grid (n 4, 6; batch 1, 64), tiny teacher batches"),
+    teacher: bool = typer.Option(True, "--teacher/--no-teacher", help="teacher section (loads the LLM, ~20 s)"),
+    torch_device: str = typer.Option("cpu", "--torch-device", help="cpu | cuda: where fused and default.qubit run"),
+    output: Path = typer.Option(None, "--output", "-o", help="JSON results (default: metrics/bench.json)"),
+    plot: Path = typer.Option(None, "--plot", help="samples/s plot (default: plots/bench_samples_per_s.png)"),
+    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="log a run to the MLflow experiment qelm-bench"),
+    params: Path = PARAMS,
+) -> None:
+    """Time the circuit engines side by side, teacher inference and training; write bench.json + a plot."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from qelm_core.bench import run_bench
+
+    err = Console(stderr=True)
+    try:
+        r = run_bench(load_params(params), Paths.here(), quick, teacher, torch_device, output, plot, mlflow,
+                      log=lambda message: err.print(f"[dim]bench: {message}[/dim]"))
+    except QelmError as error:
+        fail(str(error))
+    table = Table(title="fwd+bwd per call (median of interleaved rounds)")
+    for column in ("engine", "n", "batch", "ms", "samples/s", "vs fused", "MiB"):
+        table.add_column(column, justify="left" if column == "engine" else "right", no_wrap=True)
+    notes = []
+    for c in r["cells"]:
+        num = [f"{c[k]:{f}}" if c.get(k) is not None else "" for k, f in
+               (("ms", ".2f"), ("samples_per_s", ",.0f"), ("time_vs_fused", ".2f"), ("peak_extra_mib", ".1f"))]
+        if c["reason"]:  # skipped or timed once: a footnote with the reason
+            notes.append(f"[{len(notes) + 1}] {c['engine']} n={c['n']} batch={c['batch']}: "
+                         f"{c['status']}, {c['reason']}")
+            num[0] = f"{num[0]} [{len(notes)}]".strip()
+        table.add_row(c["engine"], str(c["n"]), str(c["batch"]), *num)
+    summary = Table(title="end to end")
+    for column in ("section", "result", "data"):
+        summary.add_column(column)
+    t, tr = r["teacher"], r["training"]
+    summary.add_row("teacher", f"pipeline {t['pipeline_tokens_per_s']:,.0f} tok/s vs bare {t['bare_tokens_per_s']:,.0f}"
+                    f" = {t['pipeline_vs_bare']:.2f}x (target >= {t['target']})" if t["status"] == "ok"
+                    else f"skipped: {t['reason']}", t.get("data", ""))
+    summary.add_row("training", f"{tr['tokens_per_s']:,.0f} tok/s ({tr['steps']} steps, batch {tr['batch_size']})",
+                    tr["data"])
+    console = Console()
+    console.print(table)
+    for note in notes:
+        console.print(note)
+    console.print(summary)
+    typer.echo(f"wrote {output or Paths.here().metrics / 'bench.json'} and {r['plot']}"
+               + (f"; MLflow run {r['mlflow_run_id']} (experiment qelm-bench)" if r["mlflow_run_id"] else ""))
+
+
+@app.command()
+def serve(
+    limit: int = typer.Option(None, "--limit", min=1, help="most flow runs at the same time"),
+    name: str = typer.Option("default", "--name", help="deployment name"),
+) -> None:
+    """Serve the Prefect deployments qelm-pipeline/<name> and qelm-sweep/<name> (see flows/serve.py)."""
+    from flows.serve import main as serve_flows
+
+    serve_flows(limit, name)
 
 
 def main() -> None:

@@ -65,7 +65,7 @@ class StudentParams(_Strict):
     layers: int = Field(6, ge=1)  # trainable layers after each encoded token
     encoding: Literal["embedding", "bits"] = "embedding"
     log_bias: bool = False  # classical V-vector added to the circuit's log-probs (counted)
-    engine: Literal["pennylane", "fused"] = "pennylane"
+    engine: Literal["pennylane", "fused"] = "fused"  # fused: own statevector code (qelm_core/fused.py)
     classical_dim: int = Field(0, ge=0)  # 0 = sized to the quantum student's parameter count
 
 
@@ -91,10 +91,12 @@ class TrainParams(_Strict):
 
 
 class EvaluateParams(_Strict):
-    shots: int = Field(4000, gt=0)
+    shots: int = Field(1000, gt=0)
     noisy_backend: str = "FakeGuadalupeV2"  # offline fake IBM backend with >= n_qubits qubits
-    noisy_positions: int = Field(20, ge=0)
+    noisy_positions: int = Field(8, ge=0)
     smoothing: float = Field(1e-4, gt=0, lt=1)  # floor for sampled zero probabilities
+    hardware_backend: str = "FakeGuadalupeV2"  # hardware cost report (qelm_core/hardware.py); "" = off
+    optimization_level: int = Field(1, ge=0, le=3)  # qiskit.transpile level for the cost report
 
 
 class RegistryParams(_Strict):

@@ -165,3 +165,8 @@ def _first_line(err: BaseException) -> str:
 def fake_hardware(backend: str) -> DeviceParams:
     """Device params for the same weights on an offline fake IBM backend (noisy, sampled)."""
     return DeviceParams(name="qiskit.remote", backend=backend)
+
+
+def is_exact_simulator(device_params: DeviceParams) -> bool:
+    """True where a fused statevector simulation gives what the device would: default.qubit, no shots."""
+    return device_params.name == "default.qubit" and not device_params.shots

@@ -24,7 +24,8 @@ from safetensors.torch import load_file, save_file
 
 from .circuits import ansatz, build_qnode
 from .config import ConfigError, DeviceParams, Params, QelmError, StudentParams
-from .devices import diff_method_for, make_device
+from .devices import diff_method_for, is_exact_simulator, make_device
+from .fused import compile_fused
 from .io import atomic_dir, atomic_write_json
 
 PROB_FLOOR = 1e-12  # probabilities are floored before the log so the NLL stays finite
@@ -76,10 +77,11 @@ class QuantumStudent(nn.Module):
     def __init__(self, params: StudentParams, device_params: DeviceParams | None = None,
                  unigram_counts: torch.Tensor | None = None, generator: torch.Generator | None = None):
         super().__init__()
-        if params.engine != "pennylane":
-            raise ConfigError(f"student.engine: {params.engine!r} is not available yet; use 'pennylane'")
         self.params = params
         self.device_params = device_params or DeviceParams()
+        if params.engine == "fused" and not is_exact_simulator(self.device_params):
+            raise ConfigError(f"student.engine: fused simulates the circuit itself and cannot run on "
+                              f"{self.device_params.name} (shots={self.device_params.shots}); set student.engine: pennylane")
         n, V = params.n_qubits, 2**params.n_qubits
         self.spec = ansatz(n, params.context, params.layers)
         self.register_buffer("basis", basis_order(n), persistent=False)  # (V,)
@@ -99,9 +101,12 @@ class QuantumStudent(nn.Module):
         self.circuit_weights = nn.Parameter(0.02 * torch.randn(self.spec.weight_shape, generator=generator))
         self.log_bias = nn.Parameter(torch.zeros(V)) if params.log_bias else None
 
-        dev = make_device(self.device_params, n, shots=self.device_params.shots)
-        diff = diff_method_for(self.device_params, training=True)
-        self._qnode = build_qnode(self.spec, dev, diff, shots=self.device_params.shots)
+        if params.engine == "fused":  # same spec, own statevector code: ~10x faster than default.qubit
+            self._qnode = compile_fused(self.spec, dtype=torch.complex64)
+        else:
+            dev = make_device(self.device_params, n, shots=self.device_params.shots)
+            diff = diff_method_for(self.device_params, training=True)
+            self._qnode = build_qnode(self.spec, dev, diff, shots=self.device_params.shots)
 
     @property
     def vocab_size(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -78,8 +79,19 @@ def dvc_out_hashes(paths: Paths) -> dict[str, str]:
 
 
 def prefect_flow_run_id() -> str | None:
-    """The id of the Prefect flow run we are part of, if any (set by flows/ for every stage)."""
-    return os.environ.get("QELM_PREFECT_FLOW_RUN_ID") or None
+    """The id of the Prefect flow run we are part of, if any.
+
+    Inside a flow or task run (flows/, also on Dask workers) that is `prefect.runtime.flow_run.id`.
+    Prefect is imported lazily and only if something already imported it: a plain `qelm train`
+    never pays for the import. Outside Prefect, $QELM_PREFECT_FLOW_RUN_ID (e.g. a stage started as a
+    subprocess of a flow run) or Prefect's own $PREFECT__FLOW_RUN_ID.
+    """
+    if "prefect" in sys.modules:
+        from prefect.runtime import flow_run
+
+        if flow_run.id:
+            return str(flow_run.id)
+    return os.environ.get("QELM_PREFECT_FLOW_RUN_ID") or os.environ.get("PREFECT__FLOW_RUN_ID") or None
 
 
 @contextmanager
@@ -200,3 +212,110 @@ def load_registered(uri: str):
     import mlflow
 
     return mlflow.pyfunc.load_model(uri)
+
+
+# ------------------------------------------------------------------ orchestration (flows/)
+
+
+def tag_run(run_id: str, tags: dict[str, str]) -> None:
+    """Add tags to an existing run (e.g. the Prefect flow run that reused it from cache)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
+def log_sweep(paths: Paths, grid: dict, rows: list[dict], summary: list[dict], files: list[Path],
+              best: dict) -> str:
+    """One MLflow run for a sweep: its grid, the per-run and per-config tables, plots, the best student."""
+    import mlflow
+    import pandas as pd
+
+    configure(paths)
+    with mlflow.start_run(run_name="sweep") as run:
+        tags = {"qelm.kind": "sweep", "git_commit": git_commit(paths)}
+        if prefect_flow_run_id():
+            tags["prefect.flow_run_id"] = prefect_flow_run_id()
+        mlflow.set_tags(tags)
+        mlflow.log_params({f"grid.{k}": json.dumps(v) for k, v in grid.items()})
+        mlflow.log_table(pd.DataFrame(rows), "sweep/runs.json")
+        mlflow.log_table(pd.DataFrame(summary), "sweep/summary.json")
+        for path in files:
+            mlflow.log_artifact(str(path), artifact_path="sweep")
+        log_metrics({f"best_{k}": v for k, v in best.items()})
+        mlflow.set_tag("best_run_id", str(best.get("mlflow_run_id", "")))
+    return run.info.run_id
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    """Tags on the active run (string results that are not metrics, e.g. the hardware backend's name)."""
+    import mlflow
+
+    if tags:
+        mlflow.set_tags(tags)
+
+
+# ------------------------------------------------------------------ benchmarks (qelm bench)
+
+BENCH_EXPERIMENT = "qelm-bench"
+
+
+def log_bench(paths: Paths, params: dict[str, str], metrics: dict, files: list[Path], tags: dict[str, str]) -> str:
+    """One run in the experiment "qelm-bench": the grid as params, every timing as a metric, the JSON + plot."""
+    import mlflow
+
+    configure(paths)
+    mlflow.set_experiment(BENCH_EXPERIMENT)
+    with mlflow.start_run(run_name="bench") as run:
+        mlflow.set_tags({"qelm.kind": "bench", "git_commit": git_commit(paths), **tags})
+        mlflow.log_params(params)
+        log_metrics(metrics)
+        for path in files:
+            mlflow.log_artifact(str(path), artifact_path="bench")
+    return run.info.run_id
+
+
+# ------------------------------------------------------------------ text classification (qelm_core/classify)
+
+CLASSIFY_EXPERIMENT = "qelm-classify"
+
+
+@contextmanager
+def classify_run(paths, params, run_id: str | None = None, stage: str = "") -> Iterator[str]:
+    """Open (run_id None) or re-open the classify pipeline's MLflow run (experiment `qelm-classify`).
+
+    `paths` is a ClassifyPaths (its .root holds mlflow.db), `params` a ClassifyParams."""
+    import mlflow
+    import yaml
+
+    configure(paths)
+    mlflow.set_experiment(CLASSIFY_EXPERIMENT)
+    with mlflow.start_run(run_id=run_id) as run:
+        if run_id is None:
+            mlflow.log_params(flatten(params))
+            tags = {"git_commit": git_commit(paths), "qelm.stage": stage, "qelm.kind": "classify"}
+            lock = paths.root / "classify" / "dvc.lock"
+            if lock.is_file():
+                stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+                tags.update({f"dvc.md5.{o['path']}": o.get("md5", "") for s in stages.values() for o in s.get("outs", [])})
+            mlflow.set_tags(tags)
+        else:
+            mlflow.set_tag("qelm.stage", stage)
+        yield run.info.run_id
+
+
+def log_classifier_model(artifacts: dict[str, Path], metadata: dict) -> str:
+    """Log the classifier as a pyfunc (model from code + safetensors artifacts) -> its models:/ URI."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "text"), ColSpec("string", "dataset", required=False)]),
+        outputs=Schema([ColSpec("string", "dataset"), ColSpec("string", "label"), ColSpec(Array("double"), "probs")]))
+    info = mlflow.pyfunc.log_model(
+        name="classifier", python_model=str(Path(__file__).parent / "classify" / "pyfunc_model.py"),
+        artifacts={k: str(v) for k, v in artifacts.items()}, code_paths=[str(Path(__file__).parent)],
+        pip_requirements=_pip_requirements(), signature=signature, metadata=metadata)
+    return info.model_uri

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "qelm tests", "GIT_AUTHOR_EMAIL": "tests@qelm.inva
 # Small enough for seconds of real teacher inference, big enough for a 16-entry vocabulary.
 TINY_PARAMS = {
     "seed": 0,
-    "data": {"corpus": "corpus", "max_tokens": 1500, "split_train": 0.6, "split_val": 0.2},
+    "data": {"corpus": "corpus", "documents": [], "max_tokens": 1500, "split_train": 0.6, "split_val": 0.2},
     "teacher": {"window": 64, "stride": 48, "batch_size": 4, "shard_windows": 2},
     "student": {"n_qubits": 4, "context": 2, "layers": 2},
     "train": {"steps": 30, "batch_size": 64, "eval_every": 10, "checkpoint_every": 10, "lr": 0.05},
@@ -39,7 +40,10 @@ def write_params(folder: Path, params: dict) -> Path:
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None, timeout: int = 900):
-    full_env = {**os.environ, **GIT_ENV, **(env or {})}
+    """Run a command (qelm, dvc, git) from this venv, against the repo's own local MLflow store."""
+    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
+    full_env.update({**GIT_ENV, **(env or {})})
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full_env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -54,7 +58,10 @@ def make_pipeline_repo(folder: Path, params: dict) -> Path:
     shutil.copytree(REPO / "qelm_core", folder / "qelm_core", ignore=shutil.ignore_patterns("__pycache__"))
     (folder / "corpus").mkdir()
     (folder / "corpus" / "macbeth.txt").write_text(shakespeare_text())
-    write_params(folder, params)
+    # DVC wants every param key a stage lists to be present: start from the project's params.yaml
+    from qelm_core.config import _merge
+
+    write_params(folder, _merge(yaml.safe_load((REPO / "params.yaml").read_text()), params))
     run(["git", "init", "-q", "-b", "main"], folder)
     run(["dvc", "init", "-q"], folder)
     run(["dvc", "config", "core.analytics", "false"], folder)

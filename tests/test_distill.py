@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from qelm_core.config import TrainParams, parse_params
+from qelm_core.config import parse_params
 from qelm_core.data import contexts
 from qelm_core.distill import SplitData, kd_loss, load_checkpoint, train
 from qelm_core.student import build_student

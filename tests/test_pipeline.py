@@ -1,0 +1,56 @@
+"""The one real end-to-end run: `dvc repro` of every stage on a tiny corpus (tests/conftest.py::tiny_repo)."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+EVAL_KEYS = ["ppl_quantum", "ppl_quantum_noisy", "ppl_quantum_exact_subset", "ppl_classical", "ppl_uniform",
+             "ppl_unigram", "ppl_bigram", "ppl_teacher", "params_quantum_circuit", "params_embedding",
+             "params_classical", "params_teacher", "bytes_student", "bytes_teacher", "gap_recovered",
+             "top1_quantum", "top5_quantum", "top1_classical", "top1_teacher", "top1_bigram", "top1_unigram"]
+
+
+@pytest.mark.slow
+def test_eval_metrics_hold_every_key_beside_baselines(tiny_repo):
+    m = json.loads((tiny_repo / "metrics" / "eval.json").read_text())
+    assert set(EVAL_KEYS) <= set(m)
+    assert m["ppl_uniform"] == 16
+    assert m["ppl_teacher"] < m["ppl_unigram"] < m["ppl_uniform"]
+    assert m["params_classical"] <= m["params_embedding"] + m["params_quantum_circuit"] + m["params_quantum_classical"]
+    assert m["bytes_student"] == (tiny_repo / "models" / "student" / "model.safetensors").stat().st_size
+    train = json.loads((tiny_repo / "metrics" / "train.json").read_text())
+    assert train["student_steps"] == 30 and np.isfinite(train["student_val_ppl"])
+    card = (tiny_repo / "reports" / "model_card.md").read_text()
+    assert "unigram" in card and "classical student" in card and "teacher" in card
+    assert (tiny_repo / "plots" / "eval_perplexity.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_champion_is_registered_loads_and_predicts(tiny_repo, monkeypatch):
+    import mlflow
+
+    from qelm_core.predict import NextTokenPredictor
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tiny_repo / 'mlflow.db'}")
+    registered = json.loads((tiny_repo / "metrics" / "register.json").read_text())
+    assert registered["champion"] == registered["version"] == 1
+    model = mlflow.pyfunc.load_model("models:/qelm-student@champion")
+    out = model.predict(pd.DataFrame({"text": ["Fair is foul, and foul is"]}))
+    probs = np.array(out["probs"][0])
+    assert probs.shape == (16,) and probs.sum() == pytest.approx(1.0, abs=1e-6)
+    direct = NextTokenPredictor.from_folder(tiny_repo / "models" / "student")
+    assert np.allclose(probs, direct.probs(direct.context_ids("Fair is foul, and foul is")[None])[0])
+    run = mlflow.get_run(json.loads((tiny_repo / "metrics" / "train.json").read_text())["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert {"ppl_quantum", "ppl_unigram", "ppl_teacher_test", "student_val_ppl"} <= set(run.data.metrics)
+    assert run.data.tags["git_commit"] != "unknown" and "dvc.md5.data/prepared" in run.data.tags
+
+
+@pytest.mark.slow
+def test_predict_cli_prints_top_k_tokens(tiny_repo):
+    from tests.conftest import run
+
+    out = run(["qelm", "predict", "--text", "Fair is foul, and foul is", "-k", "3"], tiny_repo).stdout
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    assert len(rows) == 3 and all("0." in row for row in rows)
