@@ -76,3 +76,17 @@ def tiny_repo(tmp_path_factory) -> Path:
     repo = make_pipeline_repo(tmp_path_factory.mktemp("pipeline") / "repo", TINY_PARAMS)
     run(["dvc", "repro"], repo)
     return repo
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow_uri(monkeypatch):
+    """MLflow keeps the tracking/registry URI in module globals (and in os.environ): reset both around
+    every test so one test's server or store never leaks into the next."""
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    monkeypatch.setattr(registry_utils, "_registry_uri", None)
+    yield

@@ -139,3 +139,27 @@ def test_dvc_yaml_lists_only_known_params_and_existing_code():
         for dep in stage["deps"]:
             if dep.startswith("qelm_core/"):
                 assert (REPO / dep).is_file(), dep
+
+
+def test_feature_cache_restores_order_and_skips_the_model_on_rerun(tmp_path):
+    import torch
+
+    from qelm_core.classify.features import Encoder, encode
+
+    loads = []
+
+    def load_embed():
+        loads.append(1)
+        return lambda ids, mask: torch.stack([(ids * mask).sum(1).float(), mask.sum(1).float()], 1)  # (B, 2)
+
+    def tokenize(texts):
+        return [[ord(c) for c in t] for t in texts]
+
+    texts = ["ccc", "a", "bb", "dddd", "", "e"]
+    x, stats = encode(texts, Encoder("fake", 2, 0, tokenize, load_embed), tmp_path, shard_size=2, batch_size=2)
+    assert x[:, 1].tolist() == [3, 1, 2, 4, 1, 1]  # lengths in input order (the empty text gets one pad token)
+    assert x[0, 0] == 3 * ord("c") and stats["shards"] == 3 and stats["cached_shards"] == 0 and loads == [1]
+    again, stats = encode(texts, Encoder("fake", 2, 0, tokenize, load_embed), tmp_path, shard_size=2, batch_size=2)
+    assert (again == x).all() and stats["cached_shards"] == 3 and loads == [1]  # no model loaded
+    other, _ = encode(texts, Encoder("fake-v2", 2, 0, tokenize, load_embed), tmp_path, shard_size=2, batch_size=2)
+    assert len(loads) == 2  # another encoder identity never reuses these shards

@@ -38,6 +38,19 @@ def harness(tmp_path_factory):
         yield
 
 
+@pytest.fixture(autouse=True)
+def mlflow_globals(monkeypatch):
+    """No MLflow URI leaks in or out: mlflow.set_tracking_uri() also writes os.environ, process-wide."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+
+
 # ------------------------------------------------------------------ fast: fake stages
 
 
@@ -236,13 +249,12 @@ def test_sweep_shares_upstream_work_compares_and_registers_the_best(harness, fak
     summary = (folder / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + 2 * 2  # header + (2 layer settings x quantum/classical), seeds averaged
 
-    import mlflow
+    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    run = mlflow.get_run(out["mlflow_run_id"])
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    run = client.get_run(out["mlflow_run_id"])
     assert run.data.tags["qelm.kind"] == "sweep" and run.data.tags["prefect.flow_run_id"]
-    assert {"sweep/pareto.png", "sweep/summary.json"} <= {a.path for a in mlflow.MlflowClient().list_artifacts(
-        run.info.run_id, "sweep")}
+    assert {"sweep/pareto.png", "sweep/summary.json"} <= {a.path for a in client.list_artifacts(run.info.run_id, "sweep")}
 
 
 def test_retries_only_for_transient_failures():
@@ -378,10 +390,10 @@ def test_served_deployment_runs_through_the_api_and_tags_mlflow(prefect_server, 
         _stop(serve)
         log.close()
 
-    import mlflow
+    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["qelm"], output_format="list",
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("qelm").experiment_id],
                               filter_string=f"tags.`prefect.flow_run_id` = '{flow_run.id}'")
     assert len(runs) == 1
     run = runs[0]

@@ -2,12 +2,21 @@
 
 Every model is scored on the same test split: accuracy, macro-F1 (the unweighted mean of per-class
 F1; a class never predicted has F1 0) and agreement with the teacher's argmax. Seeds are aggregated
-as mean and sample standard deviation (ddof = 1).
+as mean and sample standard deviation (ddof = 1); the teacher and the majority class are deterministic.
+The quantum student is scored
+  exact   on the whole test split with the exact statevector (fused engine, complex128); on the noisy
+          subset the same weights also run on PennyLane default.qubit, and the largest logit difference
+          is reported (`fused_vs_default_qubit_max_abs`),
+  noisy   on `evaluate.noisy_examples` test examples (classes in turn, the same for every seed) on a fake
+          IBM backend (noise model of the device, `shots` samples per <Z_q>), beside the exact score of
+          the same examples.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from qelm_core.classify.config import ClassifyParams, ClassifyPaths
 
 # rows of the results table, in order: (metric key prefix, label)
 ROWS = (("teacher", "teacher: SmolLM2-135M layer-{layer} states + linear head"),
@@ -83,6 +92,53 @@ def aggregate(per_seed: list[dict]) -> dict:
         out[f"{key}_mean"] = float(vals.mean())
         out[f"{key}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
     return out
+
+
+def _seedless(values: dict) -> dict:
+    return {**{f"{k}_mean": v for k, v in values.items()}, **{f"{k}_std": 0.0 for k in values}}
+
+
+def evaluate_dataset(params: ClassifyParams, paths: ClassifyPaths, name: str, train_metrics: dict) -> dict:
+    """Every model of dataset `name` on its test split, per seed and aggregated (see the module docstring)."""
+    from qelm_core.classify.models import KINDS, load_model
+    from qelm_core.classify.train import student_inputs
+    from qelm_core.config import DeviceParams
+    from qelm_core.devices import fake_hardware
+
+    ep = params.evaluate
+    prep, data = student_inputs(params, paths, name)
+    test, y, C = data["test"], prep.y["test"], prep.n_classes
+    x = test.x.numpy()
+    teacher_pred = test.teacher_logits.numpy().argmax(1)
+    majority = int(np.bincount(prep.y["train"], minlength=C).argmax())
+    sub = noisy_subset_indices(y, ep.noisy_examples, params.split.seed)
+    per_seed, params_info = [], {}
+    for seed in params.seeds:
+        row: dict = {"seed": seed}
+        for kind in KINDS:
+            model, cfg = load_model(paths.model_dir(name, seed, kind))
+            key = "quantum_exact" if kind == "quantum" else kind
+            logits = exact_logits(model, x) if kind == "quantum" else model(test.x).detach().numpy()
+            row[key] = {**scores(logits, y, C, teacher_pred), "train_seconds": cfg["train_seconds"]}
+            params_info[kind] = {**cfg["param_counts"], "bytes": train_metrics[name][kind][f"seed{seed}"]["bytes"]}
+            if kind == "mlp":
+                params_info["mlp_hidden"] = cfg["hidden"]
+            if kind == "quantum" and len(sub):
+                noisy = quantum_on_device(model, x[sub], fake_hardware(ep.noisy_backend), ep.shots, seed)
+                reference = quantum_on_device(model, x[sub], DeviceParams(), None, seed)  # PennyLane default.qubit
+                row["quantum_noisy"] = scores(noisy, y[sub], C, teacher_pred[sub])
+                row["quantum_exact_subset"] = scores(logits[sub], y[sub], C, teacher_pred[sub])
+                row["fused_vs_default_qubit_max_abs"] = float(np.abs(reference - logits[sub]).max())
+        per_seed.append(row)
+    keys = [k for k in per_seed[0] if isinstance(per_seed[0][k], dict)]
+    summary = {k: aggregate([r[k] for r in per_seed]) for k in keys}
+    summary["teacher"] = _seedless(scores(teacher_pred, y, C))  # deterministic: the same for every seed
+    summary["majority"] = _seedless(scores(np.full_like(y, majority), y, C, teacher_pred))
+    mlp_hidden = params_info.pop("mlp_hidden", None)
+    return {"n_classes": C, "labels": prep.labels, "n_test": int(len(y)), "n_noisy": int(len(sub)),
+            "majority_share": float(np.mean(y == majority)), "mlp_hidden": mlp_hidden, "params": params_info,
+            "fused_vs_default_qubit_max_abs": max((r.get("fused_vs_default_qubit_max_abs", 0.0) for r in per_seed)),
+            "summary": summary, "per_seed": per_seed}
 
 
 def _pm(summary: dict, key: str, digits: int = 3) -> str:

@@ -8,8 +8,8 @@ LLM's mean-pooled hidden states (the teacher head's input, optionally the studen
 
 Texts are truncated to a token cap, sorted by length (little padding), and encoded in shards of
 `shard_size` texts. Each shard is a safetensors file under classify/data/.cache named by a hash of
-the encoder settings and its texts, written atomically: an interrupted run resumes, and a rerun with
-the same texts (another split fraction, another seed) encodes nothing.
+the encoder settings and its texts, written atomically: an interrupted run resumes, and a rerun on the
+same prepared splits (e.g. after a change of student or training settings) loads no model at all.
 """
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ def load_minilm(max_tokens: int) -> Encoder:
         return embed
 
     dim = AutoConfig.from_pretrained(folder).hidden_size
-    return Encoder(f"minilm-l6-v2|{max_tokens}", dim, tok.pad_token_id or 0, tokenize, load_embed)
+    weights = (folder / "model.safetensors").stat().st_size
+    return Encoder(f"all-minilm-l6-v2|{weights}|{max_tokens}", dim, tok.pad_token_id or 0, tokenize, load_embed)
 
 
 def load_teacher_encoder(model_name: str, layer: int, max_tokens: int, dtype: str) -> Encoder:

@@ -83,3 +83,17 @@ def fit(model, train: SplitTensors, val: SplitTensors, tp, seed: int, on_epoch=N
     model.load_state_dict(best["state"])
     model.eval()
     return FitResult(time.perf_counter() - start, len(history), best["epoch"], best["acc"], history)
+
+
+def student_inputs(params, paths, name: str):
+    """-> (Prepared, {split: SplitTensors}): the students' features (student.features) and the teacher's
+    logits for every split of dataset `name`."""
+    from safetensors.numpy import load_file
+
+    from qelm_core.classify.data import SPLITS, load_prepared
+
+    prep = load_prepared(paths.prepared, name)
+    feats = load_file(str(paths.features / f"{name}.safetensors"))
+    teacher = load_file(str(paths.teacher / f"{name}.safetensors"))
+    kind = params.student.features
+    return prep, {s: SplitTensors.of(feats[f"{kind}.{s}"], prep.y[s], teacher[f"logits.{s}"]) for s in SPLITS}

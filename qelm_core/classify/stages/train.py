@@ -2,24 +2,12 @@
 trained with the same loss, data, optimiser and epochs; the best-validation weights are saved."""
 from __future__ import annotations
 
-from safetensors.numpy import load_file
-
 from qelm_core import tracking
 from qelm_core.classify.config import ClassifyParams, ClassifyPaths
-from qelm_core.classify.data import SPLITS, load_prepared
 from qelm_core.classify.models import KINDS, build_model, param_counts, save_model
 from qelm_core.classify.teacher import standardiser
-from qelm_core.classify.train import SplitTensors, fit
+from qelm_core.classify.train import fit, student_inputs
 from qelm_core.io import atomic_dir, atomic_write_json
-
-
-def student_inputs(params: ClassifyParams, paths: ClassifyPaths, name: str):
-    """-> (Prepared, {split: SplitTensors}) with the student's features and the teacher's logits."""
-    prep = load_prepared(paths.prepared, name)
-    feats = load_file(str(paths.features / f"{name}.safetensors"))
-    teacher = load_file(str(paths.teacher / f"{name}.safetensors"))
-    kind = params.student.features
-    return prep, {s: SplitTensors.of(feats[f"{kind}.{s}"], prep.y[s], teacher[f"logits.{s}"]) for s in SPLITS}
 
 
 def run(params: ClassifyParams, paths: ClassifyPaths) -> dict:
