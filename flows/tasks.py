@@ -33,6 +33,7 @@ from flows.params import Overrides, RunConfig, resolve
 from flows.workspace import StageWork
 from qelm_core import tracking
 from qelm_core.config import ConfigError, Params, Paths, QelmError
+from qelm_core.io import atomic_write_bytes
 from qelm_core.stages import teacher as teacher_stage
 
 TRANSIENT = (OSError, MemoryError, TimeoutError)  # OSError covers ConnectionError and requests' errors
@@ -73,17 +74,20 @@ class StageLocks(FileSystemLockManager):
         if acquired:
             owner = {"pid": os.getpid(), "host": socket.gethostname()}
             path = self._lock_path_for_key(key)
-            path.write_bytes(json.dumps({**json.loads(path.read_bytes()), **owner}).encode())
+            atomic_write_bytes(path, json.dumps({**json.loads(path.read_bytes()), **owner}).encode())
             self._locks[key].update(owner)
         return acquired
 
     def is_locked(self, key: str, use_cache: bool = False) -> bool:
-        info = self._get_lock_info(key, use_cache=use_cache)
-        if info and info.get("host") == socket.gethostname() and not _alive(info.get("pid")):
-            Path(info["path"]).unlink(missing_ok=True)
-            self._locks.pop(key, None)
-            return False
-        return super().is_locked(key, use_cache)
+        try:
+            info = self._get_lock_info(key, use_cache=use_cache)
+            if info and info.get("host") == socket.gethostname() and not _alive(info.get("pid")):
+                Path(info["path"]).unlink(missing_ok=True)
+                self._locks.pop(key, None)
+                return False
+            return super().is_locked(key, use_cache)
+        except ValueError:  # Prefect writes lock files in place: one being written right now is held
+            return True
 
 
 def _alive(pid: int | None) -> bool:
