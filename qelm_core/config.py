@@ -138,6 +138,11 @@ def parse_params(raw: dict, source: str = "params") -> Params:
 def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
     """Read params.yaml, apply nested `overrides` ({"student": {"layers": 4}}), validate."""
     path = Path(path)
+    return parse_params(_merge(read_params_file(path), overrides or {}), str(path))
+
+
+def read_params_file(path: Path) -> dict:
+    """A params YAML file as a mapping; a missing file, bad YAML or a non-mapping is one ConfigError line."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such params file; run from the repository root or pass --params")
     try:
@@ -146,7 +151,7 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
-    return parse_params(_merge(raw, overrides or {}), str(path))
+    return raw
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from qelm_core.config import ConfigError, _one_line
+from qelm_core.config import ConfigError, _one_line, read_params_file
 
 DEFAULT_PARAMS = Path("classify/params.yaml")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -147,15 +146,7 @@ def parse_classify_params(raw: dict, source: str = "classify params") -> Classif
 
 def load_classify_params(path: str | Path = DEFAULT_PARAMS) -> ClassifyParams:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such params file; run from the repository root or pass --params")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections")
-    return parse_classify_params(raw, str(path))
+    return parse_classify_params(read_params_file(path), str(path))
 
 
 @dataclass(frozen=True)
