@@ -45,12 +45,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from qelm_core.bench_pipeline import bench_teacher, bench_training
+from qelm_core.bench_pipeline import bench_dvc_repro, bench_serving, bench_teacher, bench_training
 from qelm_core.circuits import ansatz, build_qnode
 from qelm_core.config import DeviceParams, Params, Paths, QelmError
 from qelm_core.devices import diff_method_for, make_device
 from qelm_core.fused import compile_fused
-from qelm_core.io import atomic_write_bytes, atomic_write_json
+from qelm_core.io import atomic_write_json
+from qelm_core.plots import samples_plot
 
 SCHEMA = "qelm-bench/1"
 ENGINES = ("fused", "default.qubit", "lightning.qubit")
@@ -84,7 +85,7 @@ def bench_config(params: Params, quick: bool, torch_device: str = "cpu") -> Benc
         return BenchConfig(n_qubits=(4, 6), batches=(1, 64), repeats=3, budget_s=2.0, min_block_s=0.03,
                            teacher_windows=4, teacher_window=64, teacher_stride=48, teacher_batch=2,
                            train_steps=3, train_val_positions=256, **common)
-    return BenchConfig(n_qubits=(4, 6, 8, 10, 12), batches=(1, 256, 1024), repeats=5, budget_s=20.0,
+    return BenchConfig(n_qubits=(4, 6, 8, 10, 12), batches=(1, 256, 1024), repeats=5, budget_s=60.0,
                        min_block_s=0.2, teacher_windows=16, teacher_window=tp.window, teacher_stride=tp.stride,
                        teacher_batch=tp.batch_size, train_steps=50, train_val_positions=2048, **common)
 
@@ -336,7 +337,7 @@ def _mem_available_mib() -> float:
 
 def run_bench(params: Params, paths: Paths, quick: bool = False, teacher: bool = True, torch_device: str = "cpu",
               output: Path | None = None, plot: Path | None = None, log_mlflow: bool = True,
-              log: Callable[[str], None] = lambda message: None) -> dict:
+              log: Callable[[str], None] = lambda message: None, serve: bool = True, dvc: bool = False) -> dict:
     """Every section; writes `output` (default metrics/bench.json) atomically and the samples/s plot."""
     from qelm_core import tracking
 
@@ -358,6 +359,11 @@ def run_bench(params: Params, paths: Paths, quick: bool = False, teacher: bool =
         result["teacher"] = bench_teacher(params, paths, cfg, repeats=2 if quick else 3)
     else:
         result["teacher"] = {"status": "skipped", "reason": "--no-teacher"}
+    log("serving: mlflow models serve of the champion under a bounded load" if serve else "serving: skipped")
+    result["serving"] = (bench_serving(params, paths, requests=200 if quick else 2000, clients=8) if serve
+                         else {"status": "skipped", "reason": "--no-serve"})
+    log("dvc: cold + no-op dvc repro in a fresh clone (minutes)" if dvc else "dvc: skipped (--dvc runs it)")
+    result["dvc"] = bench_dvc_repro(paths) if dvc else {"status": "skipped", "reason": "off by default: --dvc"}
     result["elapsed_s"] = time.perf_counter() - clock
     result["plot"] = str(samples_plot(plot, result["cells"]))
     result["mlflow_run_id"] = None
@@ -371,14 +377,15 @@ def run_bench(params: Params, paths: Paths, quick: bool = False, teacher: bool =
 
 
 def flat_metrics(result: dict) -> dict[str, float]:
-    """MLflow metrics: {ms,samples_per_s,time_vs_fused,peak_mib}/<engine>/n<n>/b<batch>, teacher_*, train_*."""
+    """MLflow metrics: {ms,samples_per_s,time_vs_fused,peak_mib}/<engine>/n<n>/b<batch>, teacher_*, train_*,
+    serve_*, dvc_* (numbers only)."""
     out: dict[str, float] = {}
     for c in result["cells"]:
         for key, name in (("ms", "ms"), ("samples_per_s", "samples_per_s"), ("time_vs_fused", "time_vs_fused"),
                           ("peak_extra_mib", "peak_mib")):
             if c.get(key) is not None:
                 out[f"{name}/{c['engine']}/n{c['n']}/b{c['batch']}"] = c[key]
-    for section, prefix in (("teacher", "teacher_"), ("training", "train_")):
+    for section, prefix in (("teacher", "teacher_"), ("training", "train_"), ("serving", "serve_"), ("dvc", "dvc_")):
         out.update({prefix + k: v for k, v in result[section].items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return out
@@ -392,34 +399,3 @@ def _host(cfg: BenchConfig) -> dict:
     if cfg.torch_device.startswith("cuda"):
         host["cuda_device"] = torch.cuda.get_device_name(torch.device(cfg.torch_device))
     return host
-
-
-def samples_plot(path: Path, cells: list[dict]) -> Path:
-    """samples/s vs n (log scale): one colour per engine, one line style per batch size."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
-    batches = sorted({c["batch"] for c in cells})
-    for i, engine in enumerate(ENGINES):
-        for j, batch in enumerate(batches):
-            pts = [(c["n"], c["samples_per_s"]) for c in cells
-                   if c["engine"] == engine and c["batch"] == batch and c.get("samples_per_s")]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, color=f"C{i}", ls=("-", "--", ":", "-.")[j % 4],
-                        label=f"{engine}, batch {batch}")
-    ax.set_xticks(sorted({c["n"] for c in cells}))
-    ax.set(xlabel="qubits n", ylabel="samples/s (fwd+bwd, log)", yscale="log",
-           title="Circuit engines: training throughput (skipped cells omitted)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path

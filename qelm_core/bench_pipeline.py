@@ -1,9 +1,16 @@
 """`qelm bench`, second half: the pipeline's own throughput (teacher inference vs a bare transformers
-forward of the same batches; training tokens/s of the default config). Engines: qelm_core/bench.py.
+forward of the same batches; training tokens/s of the default config), REST serving latency of the
+registered champion under a bounded load, and (opt-in, long) a cold + no-op `dvc repro` of the
+committed pipeline in a fresh clone. Engines: qelm_core/bench.py.
 """
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -12,12 +19,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from qelm_core.config import Params, Paths
+from qelm_core.config import Params, Paths, QelmError
 
 if TYPE_CHECKING:
     from qelm_core.bench import BenchConfig
 
 TEACHER_TARGET = 0.9  # pipeline tokens/s >= 0.9 x bare transformers forward
+REPRO_TARGET_S, NOOP_TARGET_S = 600.0, 3.0  # default `dvc repro` on 2 cores; a no-op `dvc repro`
 
 
 # ------------------------------------------------------------------ teacher: pipeline vs bare transformers
@@ -138,4 +146,69 @@ def bench_training(params: Params, paths: Paths, cfg: BenchConfig) -> dict:
                           f"backward, Adam, one validation pass (<= {m} positions), checkpoint writes"}
 
 
-# ------------------------------------------------------------------ the whole run
+# ------------------------------------------------------------------ serving: the champion under load
+
+
+def bench_serving(params: Params, paths: Paths, requests: int, clients: int) -> dict:
+    """`mlflow models serve` of <model_name>@champion; `requests` POSTs of one random context each from
+    `clients` concurrent connections on 127.0.0.1 (figures, not assertions: errors are counted)."""
+    from qelm_core import tracking
+    from qelm_core.serving import context_ids_body, load_test, model_server, post
+
+    name = params.registry.model_name
+    uri = tracking.configure(paths)
+    champion = tracking.alias_version(name, "champion")
+    if champion is None:
+        return {"status": "skipped", "reason": f"no {name}@champion in {uri}: run `dvc repro` (register) first"}
+    rng, k = np.random.default_rng(params.seed), params.student.context
+    with model_server(f"models:/{name}@champion", uri) as url:
+        status, text = post(url, context_ids_body([[0] * k]))  # the champion's vocabulary size
+        if status != 200:
+            raise QelmError(f"bench: the champion refused a context of {k} ids ({status}): {text[:300]}")
+        V = len(json.loads(text)["predictions"][0]["probs"])
+        bodies = [context_ids_body(rng.integers(0, V, (1, k)).tolist()) for _ in range(64)]
+        load_test(url, bodies, requests=50, clients=clients)  # warm-up: imports, first model call
+        result = load_test(url, bodies, requests=requests, clients=clients)
+    return {"status": "ok", "reason": None, "model": f"{name} v{champion.version} (champion)", **result,
+            "definition": "latency of one POST /invocations (1 row of context_ids) per request, measured by "
+                          "the client over keep-alive connections; mlflow models serve, 1 worker, local env"}
+
+
+# ------------------------------------------------------------------ dvc repro: cold and no-op, in a fresh clone
+
+
+def _timed_run(cmd: list[str], cwd: Path, env: dict) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise QelmError(f"bench: `{' '.join(cmd)}` failed in {cwd}: {(proc.stderr or proc.stdout)[-600:]}")
+    return time.perf_counter() - start
+
+
+def bench_dvc_repro(paths: Paths, noop_repeats: int = 3) -> dict:
+    """Clone the repo's HEAD into a temporary folder (no DVC cache, no MLflow store, no teacher shards),
+    run every stage cold one after another (`dvc repro --force --single-item <stage>`, timed each), then
+    a no-op `dvc repro` (median of `noop_repeats`). Uncommitted changes are not part of the clone."""
+    import yaml
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "QELM_ROOT")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    stages = list(yaml.safe_load((paths.root / "dvc.yaml").read_text())["stages"])
+    tmp = Path(tempfile.mkdtemp(prefix="qelm-bench-repro-"))
+    try:
+        clone = tmp / "repo"
+        _timed_run(["git", "clone", "-q", str(paths.root), str(clone)], tmp, env)
+        stage_s = {s: _timed_run(["dvc", "repro", "--force", "--single-item", s], clone, env) for s in stages}
+        noop = [_timed_run(["dvc", "repro"], clone, env) for _ in range(noop_repeats)]
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    total = sum(stage_s.values())
+    return {"status": "ok", "reason": None, "commit": commit.strip(), "stage_seconds": stage_s,
+            "full_repro_s": total, "noop_repro_s": statistics.median(noop), "noop_repeats": noop_repeats,
+            "target_full_s": REPRO_TARGET_S, "target_noop_s": NOOP_TARGET_S,
+            "meets_target_full": bool(total <= REPRO_TARGET_S),
+            "meets_target_noop": bool(statistics.median(noop) <= NOOP_TARGET_S),
+            "definition": "fresh git clone of HEAD with committed params.yaml; every stage forced in dvc.yaml "
+                          "order, one `dvc repro -f -s` each (sum = full_repro_s); then `dvc repro` with "
+                          "nothing changed"}

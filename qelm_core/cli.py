@@ -163,6 +163,8 @@ def bench(
     output: Path = typer.Option(None, "--output", "-o", help="JSON results (default: metrics/bench.json)"),
     plot: Path = typer.Option(None, "--plot", help="samples/s plot (default: plots/bench_samples_per_s.png)"),
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="log a run to the MLflow experiment qelm-bench"),
+    serve: bool = typer.Option(True, "--serve/--no-serve", help="REST latency of the champion under load (needs one)"),
+    dvc: bool = typer.Option(False, "--dvc", help="also time a cold + a no-op `dvc repro` in a fresh clone (minutes)"),
     params: Path = PARAMS,
 ) -> None:
     """Time the circuit engines side by side, teacher inference and training; write bench.json + a plot."""
@@ -174,7 +176,7 @@ def bench(
     err = Console(stderr=True)
     try:
         r = run_bench(load_params(params), Paths.here(), quick, teacher, torch_device, output, plot, mlflow,
-                      log=lambda message: err.print(f"[dim]bench: {message}[/dim]"))
+                      log=lambda message: err.print(f"[dim]bench: {message}[/dim]"), serve=serve, dvc=dvc)
     except QelmError as error:
         fail(str(error))
     table = Table(title="fwd+bwd per call (median of interleaved rounds)")
@@ -198,6 +200,13 @@ def bench(
                     else f"skipped: {t['reason']}", t.get("data", ""))
     summary.add_row("training", f"{tr['tokens_per_s']:,.0f} tok/s ({tr['steps']} steps, batch {tr['batch_size']})",
                     tr["data"])
+    s, d = r["serving"], r["dvc"]
+    summary.add_row("serving", f"p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, {s['errors']} errors of "
+                    f"{s['requests']} ({s['clients']} clients)" if s["status"] == "ok" else f"skipped: {s['reason']}",
+                    s.get("model", ""))
+    summary.add_row("dvc repro", f"cold {d['full_repro_s']:.0f} s (target <= {d['target_full_s']:.0f}), no-op "
+                    f"{d['noop_repro_s']:.1f} s (target <= {d['target_noop_s']:.0f})" if d["status"] == "ok"
+                    else f"skipped: {d['reason']}", d.get("commit", "")[:10])
     console = Console()
     console.print(table)
     for note in notes:

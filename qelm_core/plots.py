@@ -1,12 +1,15 @@
-"""PNG plots (matplotlib, Agg): the training curve and the perplexity comparison with baselines."""
+"""PNG plots (matplotlib, Agg): the training curve, the perplexity comparison with baselines, bench samples/s."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from qelm_core.io import atomic_write_bytes  # noqa: E402
 
 
 def training_curve(path: Path, curves: dict[str, list[dict]], baselines: dict[str, float]) -> Path:
@@ -41,4 +44,28 @@ def perplexity_bars(path: Path, values: dict[str, float], title: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+    return path
+
+
+def samples_plot(path: Path, cells: list[dict]) -> Path:
+    """samples/s vs n (log scale): one colour per engine, one line style per batch size."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    batches = sorted({c["batch"] for c in cells})
+    for i, engine in enumerate(dict.fromkeys(c["engine"] for c in cells)):
+        for j, batch in enumerate(batches):
+            pts = [(c["n"], c["samples_per_s"]) for c in cells
+                   if c["engine"] == engine and c["batch"] == batch and c.get("samples_per_s")]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, color=f"C{i}", ls=("-", "--", ":", "-.")[j % 4],
+                        label=f"{engine}, batch {batch}")
+    ax.set_xticks(sorted({c["n"] for c in cells}))
+    ax.set(xlabel="qubits n", ylabel="samples/s (fwd+bwd, log)", yscale="log",
+           title="Circuit engines: training throughput (skipped cells omitted)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return path

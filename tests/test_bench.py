@@ -55,6 +55,8 @@ def test_quick_bench_without_teacher_writes_every_section(tmp_path, monkeypatch)
     assert {"host", "config", "cells", "ratios", "training", "teacher", "plot", "mlflow_run_id"} <= set(r)
     _check_cells(r)
     assert r["teacher"] == {"status": "skipped", "reason": "--no-teacher"}
+    assert r["serving"]["status"] == "skipped" and "no qelm-student@champion" in r["serving"]["reason"]
+    assert r["dvc"] == {"status": "skipped", "reason": "off by default: --dvc"}
     t = r["training"]
     assert t["status"] == "ok" and t["tokens_per_s"] > 0 and t["steps"] == 3 and "synthetic" in t["data"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and r["plot"] == str(plot)
