@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import signal
 from pathlib import Path
 
 import typer
@@ -227,7 +228,14 @@ def serve(
     serve_flows(limit, name)
 
 
+def _terminated(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    # SIGTERM (kill, a CI timeout, Prefect cancelling) unwinds like Ctrl-C: `with` blocks run, so the
+    # MLflow run ends FAILED and temporary outputs are removed instead of being left half-written.
+    signal.signal(signal.SIGTERM, _terminated)
     app()
 
 

@@ -69,8 +69,11 @@ class StudentParams(_Strict):
     classical_dim: int = Field(0, ge=0)  # 0 = sized to the quantum student's parameter count
 
 
+DeviceName = Literal["default.qubit", "lightning.qubit", "lightning.gpu", "qiskit.aer", "qiskit.remote"]
+
+
 class DeviceParams(_Strict):
-    name: str = "default.qubit"
+    name: DeviceName = "default.qubit"  # what each one is: qelm_core/devices.py
     backend: str = ""  # qiskit.remote: a fake (FakeManilaV2, ...) or a real IBM backend name
     shots: int | None = Field(None, gt=0)  # None = exact (analytic) where the device allows
     diff_method: str = "auto"

@@ -72,7 +72,8 @@ def document_facts(doc: Document) -> dict:
         utf8 = True
     except UnicodeDecodeError:
         utf8 = False
-    return {"name": doc.name, "n_bytes": len(doc.raw), "has_nul": b"\x00" in doc.raw, "utf8": utf8}
+    return {"name": doc.name, "path": str(doc.path), "n_bytes": len(doc.raw), "has_nul": b"\x00" in doc.raw,
+            "utf8": utf8}
 
 
 def clean_text(raw: bytes) -> str:

@@ -16,11 +16,13 @@ never pays for it.
 """
 from __future__ import annotations
 
+import logging
 import os
+from typing import get_args
 
-from .config import DeviceParams, QelmError
+from .config import DeviceName, DeviceParams, QelmError
 
-DEVICE_NAMES = ("default.qubit", "lightning.qubit", "lightning.gpu", "qiskit.aer", "qiskit.remote")
+DEVICE_NAMES = get_args(DeviceName)  # params.yaml validation refuses any other name
 
 # Supported gradient methods per device, preferred ("auto") first.
 DIFF_METHODS = {
@@ -144,6 +146,10 @@ def _real_backend(device_params: DeviceParams):
     import qiskit_ibm_runtime
     from qiskit.exceptions import QiskitError
 
+    # it warns "Loading account with the given token..." on stderr: one line of error output is enough
+    quiet = logging.getLogger("qiskit_ibm_runtime.qiskit_runtime_service")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         service = qiskit_ibm_runtime.QiskitRuntimeService(
             channel=device_params.ibm_channel, token=token, instance=device_params.ibm_instance or None
@@ -155,6 +161,8 @@ def _real_backend(device_params: DeviceParams):
             f"device.backend: could not reach IBM backend {device_params.backend!r} ({msg}); check {TOKEN_ENV}, "
             "device.ibm_channel and device.ibm_instance"
         ) from None
+    finally:
+        quiet.setLevel(level)
 
 
 def _first_line(err: BaseException) -> str:

@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.request
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from qelm_core.config import QelmError
@@ -32,7 +33,8 @@ def free_port() -> int:
 def model_server(model_uri: str, tracking_uri: str, startup_s: float = 180.0, workers: int = 1) -> Iterator[str]:
     """`mlflow models serve -m model_uri` on a free 127.0.0.1 port; yields its base URL; always stopped."""
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,  # it execs `uvicorn`: this venv's, first
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)],

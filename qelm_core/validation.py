@@ -53,18 +53,19 @@ def validate_documents(facts: list[dict]) -> None:
     import great_expectations as gx
 
     frame = pd.DataFrame(facts)
-    run_suite("corpus", frame, [
-        Check(gx.expectations.ExpectColumnValuesToBeBetween(column="n_bytes", min_value=1),
-              "empty file; give a corpus file with text in it"),
-        Check(gx.expectations.ExpectColumnValuesToBeInSet(column="has_nul", value_set=[False]),
-              "binary file (NUL bytes); give UTF-8 text files only"),
-        Check(gx.expectations.ExpectColumnValuesToBeInSet(column="utf8", value_set=[True]),
-              "not UTF-8; convert it, e.g. iconv -f latin1 -t utf-8 in.txt > out.txt"),
-    ])
-    # GX reports values, not which file: name the offender ourselves
-    for f in facts:
-        if f["n_bytes"] == 0 or f["has_nul"] or not f["utf8"]:
-            raise DataValidationError(f"corpus: {f['name']} failed validation")
+    try:
+        run_suite("corpus", frame, [
+            Check(gx.expectations.ExpectColumnValuesToBeBetween(column="n_bytes", min_value=1),
+                  "empty file; give a corpus file with text in it"),
+            Check(gx.expectations.ExpectColumnValuesToBeInSet(column="has_nul", value_set=[False]),
+                  "binary file (NUL bytes); give UTF-8 text files only"),
+            Check(gx.expectations.ExpectColumnValuesToBeInSet(column="utf8", value_set=[True]),
+                  "not UTF-8; convert it, e.g. iconv -f latin1 -t utf-8 in.txt > out.txt"),
+        ])
+    except DataValidationError as err:  # GX reports values, not which file: name the offenders ourselves
+        bad = [f["path"] for f in facts if f["n_bytes"] == 0 or f["has_nul"] or not f["utf8"]]
+        raise DataValidationError(f"data.corpus: {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}: "
+                                  f"{str(err).removeprefix('corpus: ')}") from None
 
 
 def validate_prepared(splits: dict[str, np.ndarray], vocab_size: int, fractions: dict[str, float],

@@ -11,10 +11,15 @@ def dp(**kw) -> DeviceParams:
 
 
 def test_unknown_device_lists_valid_names():
+    from qelm_core.config import ConfigError, parse_params
+
+    with pytest.raises(ConfigError, match="device.name: Input should be 'default.qubit', 'lightning.qubit'"):
+        parse_params({"device": {"name": "default.qbit"}})
+    unvalidated = DeviceParams.model_construct(name="default.qbit")  # model_copy(update=...) skips validation
     with pytest.raises(QelmError, match="unknown device 'default.qbit'; valid: default.qubit, lightning.qubit"):
-        make_device(dp(name="default.qbit"), 2)
+        make_device(unvalidated, 2)
     with pytest.raises(QelmError, match="unknown device"):
-        diff_method_for(dp(name="braket.sv1"), training=True)
+        diff_method_for(DeviceParams.model_construct(name="braket.sv1"), training=True)
 
 
 @pytest.mark.parametrize("name, method", [("default.qubit", "backprop"), ("lightning.qubit", "adjoint"),

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from qelm_core.serving import free_port
 from tests.conftest import REPO, TINY_PARAMS, make_pipeline_repo, write_params
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -309,12 +310,6 @@ def test_sharded_teacher_on_two_dask_workers_is_byte_identical(harness, tiny_rep
     assert [p.name for p in single] == sorted(p.name for p in paths.teacher.iterdir())
     for path in single:
         assert (paths.teacher / path.name).read_bytes() == path.read_bytes(), path.name
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop(proc: subprocess.Popen, grace: float = 20) -> None:

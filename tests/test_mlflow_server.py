@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.test_registry import free_port, save_tiny_student
+from qelm_core.serving import free_port
+from tests.test_registry import save_tiny_student
 
 
 def pg_bin(name: str) -> str | None:
@@ -100,8 +101,8 @@ def test_register_promote_load_against_postgres_server(mlflow_server, tmp_path, 
     for ppl in (10.0, 9.0):
         with mlflow.start_run():
             uri = tracking.log_student_model(tmp_path / "student", 8, 2)
-        tracking.register_version(uri, "qelm-student", {"ppl_quantum": str(ppl), "test_data_hash": "h"})
-        assert promote("qelm-student").promote
+        with tracking.registered_version(uri, "qelm-student", {"ppl_quantum": str(ppl), "test_data_hash": "h"}):
+            assert promote("qelm-student").promote
     assert str(tracking.alias_version("qelm-student", "champion").version) == "2"
     model = tracking.load_registered("models:/qelm-student@champion")
     out = model.predict(pd.DataFrame({"context_ids": [[1, 2]]}))

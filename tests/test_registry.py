@@ -1,10 +1,5 @@
 """Promotion gate (pure logic) and the real MLflow registry: register -> promote -> load -> serve."""
 import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,6 +7,7 @@ import pandas as pd
 import pytest
 
 from qelm_core.registry import PromotionError, decide
+from qelm_core.serving import context_ids_body, model_server, post
 
 
 def version(number, ppl, data="h1"):
@@ -34,12 +30,6 @@ def test_refuses_no_challenger_and_different_test_data():
         decide(None, version(1, 20), force=False)
     with pytest.raises(PromotionError, match="different test data"):
         decide(version(2, 5, data="other"), version(1, 20), force=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def save_tiny_student(folder):
@@ -70,7 +60,9 @@ def test_registry_gate_load_and_rest_serving(tmp_path, monkeypatch):
 
         with mlflow.start_run():
             model_uri = tracking.log_student_model(tmp_path / "student", 8, 2)
-        return tracking.register_version(model_uri, "qelm-student", {"ppl_quantum": str(ppl), "test_data_hash": data})
+        with tracking.registered_version(model_uri, "qelm-student", {"ppl_quantum": str(ppl),
+                                                                     "test_data_hash": data}) as number:
+            return number
 
     def champion():
         return str(tracking.alias_version("qelm-student", "champion").version)
@@ -92,27 +84,10 @@ def test_registry_gate_load_and_rest_serving(tmp_path, monkeypatch):
     direct = NextTokenPredictor.from_folder(tmp_path / "student", with_tokenizer=False).probs(np.array(ids))
     assert np.array_equal(np.array(out["probs"].tolist()), direct)
 
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/qelm-student@champion",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        env={**__import__("os").environ, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        body = json.dumps({"dataframe_split": {"columns": ["context_ids"], "data": [[[0, 1]], [[4, 5]]]}}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
-        predictions = json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]
-        assert len(predictions) == 2
-        for row in predictions:
-            assert len(row["probs"]) == 8 and sum(row["probs"]) == pytest.approx(1.0, abs=1e-6)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with model_server("models:/qelm-student@champion", uri) as url:
+        status, text = post(url, context_ids_body([[0, 1], [4, 5]]))
+    assert status == 200, text[:500]
+    predictions = json.loads(text)["predictions"]
+    assert len(predictions) == 2
+    for row in predictions:
+        assert len(row["probs"]) == 8 and sum(row["probs"]) == pytest.approx(1.0, abs=1e-6)

@@ -20,6 +20,7 @@ from qelm_core.student import load_student
 
 
 def run(params: Params, paths: Paths) -> dict:
+    tracking.require_server(paths)  # an unreachable MLflow server fails now, not after the long work
     data, vocab, ids = load_distill_data(paths, params.student.context)
     test, V = data["test"], vocab.size
     student, cfg = load_student(paths.student)

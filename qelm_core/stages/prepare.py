@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from qelm_core import tracking
 from qelm_core.config import Params, Paths
 from qelm_core.data import (SPLITS, CorpusError, build_vocab, clean_text, document_facts, find_documents,
                             split_stream, write_prepared)
@@ -15,6 +16,7 @@ from qelm_core.validation import validate_documents, validate_prepared
 
 
 def run(params: Params, paths: Paths) -> dict:
+    tracking.require_server(paths)  # an unreachable MLflow server fails now, not after the long work
     docs = find_documents(params.data)
     validate_documents([document_facts(d) for d in docs])
     tokenizer = load_tokenizer(resolve_teacher(params.teacher.model))

@@ -1,7 +1,8 @@
 """Stage register: log the student as an MLflow pyfunc, register a version, alias it `challenger`.
 
 The very first version also becomes `champion` (there is nothing to compare it with); after that
-only `qelm promote` moves `champion`, through the gate in registry.py.
+only `qelm promote` moves `champion`, through the gate in registry.py. If anything fails after the
+version was created, it is deleted again and the MLflow run is marked FAILED: the registry is unchanged.
 """
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ def run(params: Params, paths: Paths) -> dict:
                                          "gap_recovered", "test_data_hash")}
     with tracking.pipeline_run(paths, params, run_id=cfg["run_id"], stage="register") as run_id:
         uri = tracking.log_student_model(paths.student, cfg["vocab"]["size"], cfg["context"])
-        version = tracking.register_version(uri, name, {**tags, "run_id": run_id})
-    result = {"model_name": name, "version": int(version), "challenger": int(version)}
-    if tracking.alias_version(name, "champion") is None:
-        result["promotion"] = promote(name).reason
-    result["champion"] = int(tracking.alias_version(name, "champion").version)
-    atomic_write_json(paths.metrics / "register.json", result)
+        with tracking.registered_version(uri, name, {**tags, "run_id": run_id}) as version:  # undone on failure
+            result = {"model_name": name, "version": int(version), "challenger": int(version)}
+            if tracking.alias_version(name, "champion") is None:
+                result["promotion"] = promote(name).reason
+            result["champion"] = int(tracking.alias_version(name, "champion").version)
+            atomic_write_json(paths.metrics / "register.json", result)
     return result

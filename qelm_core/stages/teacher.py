@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from safetensors.numpy import save_file
 
+from qelm_core import tracking
 from qelm_core.config import Params, Paths
 from qelm_core.data import SPLITS, load_prepared
 from qelm_core.evaluate import perplexity, ppl_uniform, ppl_unigram, target_probs
@@ -62,6 +63,7 @@ def score_shards(params: Params, paths: Paths, jobs: list[ShardJob], model) -> N
 
 
 def run(params: Params, paths: Paths) -> dict:
+    tracking.require_server(paths)  # an unreachable MLflow server fails now, not after the long work
     tp = params.teacher
     vocab, llm, ids = load_prepared(paths.prepared)
     source = resolve_teacher(tp.model)

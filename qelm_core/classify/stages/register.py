@@ -23,14 +23,13 @@ def run(params: ClassifyParams, paths: ClassifyPaths) -> dict:
                      f"{ds}.accuracy_teacher": f"{s['teacher']['accuracy_mean']:.4f}"})
     with tracking.classify_run(paths, params, run_id=run_id, stage="classify-register"):
         uri = tracking.log_classifier_model(artifacts, {"datasets": list(params.datasets), "seed": seed})
-        version = tracking.register_version(uri, name, {**tags, "run_id": run_id})
-    result = {"model_name": name, "version": int(version), "challenger": int(version)}
-    if tracking.alias_version(name, "champion") is None:
-        tracking.set_alias(name, "champion", version, "first model: no champion yet")
-    result["champion"] = int(tracking.alias_version(name, "champion").version)
-    atomic_write_json(paths.metrics / "classify_register.json", result)
+        with tracking.registered_version(uri, name, {**tags, "run_id": run_id}) as version:  # undone on failure
+            result = {"model_name": name, "version": int(version), "challenger": int(version)}
+            if tracking.alias_version(name, "champion") is None:
+                tracking.set_alias(name, "champion", version, "first model: no champion yet")
+            result["champion"] = int(tracking.alias_version(name, "champion").version)
+            atomic_write_json(paths.metrics / "classify_register.json", result)
     return result
-
 
 if __name__ == "__main__":
     from qelm_core.classify.stages import main
