@@ -31,8 +31,8 @@ time_vs_fused}]}, "teacher": {...}, "training": {...}, "elapsed_s", "plot", "mlf
 from __future__ import annotations
 
 import gc
+import json
 import math
-import multiprocessing
 import os
 import platform
 import statistics
@@ -45,6 +45,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from qelm_core.bench_memory import MemoryProbe, mem_available_mib
 from qelm_core.bench_pipeline import bench_dvc_repro, bench_serving, bench_teacher, bench_training
 from qelm_core.circuits import ansatz, build_qnode
 from qelm_core.config import DeviceParams, Params, Paths, QelmError
@@ -80,7 +81,7 @@ class BenchConfig:
 def bench_config(params: Params, quick: bool, torch_device: str = "cpu") -> BenchConfig:
     tp = params.teacher
     common = dict(context=params.student.context, layers=params.student.layers, torch_device=torch_device,
-                  mem_budget_mib=0.5 * _mem_available_mib())
+                  mem_budget_mib=0.5 * mem_available_mib())
     if quick:
         return BenchConfig(n_qubits=(4, 6), batches=(1, 64), repeats=3, budget_s=2.0, min_block_s=0.03,
                            teacher_windows=4, teacher_window=64, teacher_stride=48, teacher_batch=2,
@@ -257,119 +258,65 @@ def ratios(cells: list[dict]) -> dict:
     return out
 
 
-# ------------------------------------------------------------------ memory: a fresh process per cell
-
-
-def _proc_kib(key: str, path: str = "/proc/self/status") -> int:
-    with open(path) as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
-
-
-def memory_child(engine: str, n: int, context: int, layers: int, batch: int, torch_device: str) -> dict:
-    """Runs in a fresh process: peak RSS growth of one fwd+bwd after a batch-1 call has loaded everything."""
-    make_step(engine, n, context, layers, 1, torch_device)()
-    step = make_step(engine, n, context, layers, batch, torch_device)
-    gc.collect()
-    exact = _reset_peak_rss()
-    base = _proc_kib("VmRSS")
-    cuda = torch_device.startswith("cuda") and engine != "lightning.qubit"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        cuda_base = torch.cuda.memory_allocated()
-    step()
-    out = {"peak_extra_mib": (_proc_kib("VmHWM") - base) / 1024,
-           "memory_note": "peak RSS - RSS before, one fwd+bwd, fresh process" if exact
-           else "peak RSS could not be reset: includes set-up"}
-    if cuda:
-        out["peak_extra_mib_cuda"] = (torch.cuda.max_memory_allocated() - cuda_base) / 2**20
-    return out
-
-
-def _memory_entry(conn, *args) -> None:
-    try:
-        conn.send(memory_child(*args))
-    finally:
-        conn.close()
-
-
-class MemoryProbe:
-    """One process per measurement, forked from a forkserver that has imported torch and PennyLane (so
-    a fork costs ~0.3 s, not an import). The process ends with its task: nothing idles or outlives us."""
-
-    def __init__(self) -> None:
-        self.ctx = multiprocessing.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["qelm_core.bench", "pennylane", "pennylane_lightning.lightning_qubit"])
-
-    def measure(self, engine: str, n: int, batch: int, cfg: BenchConfig) -> dict:
-        if not os.path.exists("/proc/self/status"):
-            return {"peak_extra_mib": None, "memory_note": "not measured: needs Linux /proc"}
-        recv, send = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=_memory_entry, daemon=True,
-                                args=(send, engine, n, cfg.context, cfg.layers, batch, cfg.torch_device))
-        proc.start()
-        send.close()
-        try:
-            return recv.recv()
-        except EOFError:  # no answer: killed (out of memory?) or crashed (its traceback is on stderr)
-            proc.join()
-            return {"peak_extra_mib": None, "memory_note": f"failed: the measuring process died "
-                                                           f"(exit code {proc.exitcode})"}
-        finally:
-            proc.join()
-            recv.close()
-
-
-def _mem_available_mib() -> float:
-    try:
-        return _proc_kib("MemAvailable", "/proc/meminfo") / 1024
-    except (OSError, StopIteration):  # not Linux
-        return 8192.0
+SECTIONS = ("engines", "training", "teacher", "serving", "dvc")
 
 
 def run_bench(params: Params, paths: Paths, quick: bool = False, teacher: bool = True, torch_device: str = "cpu",
               output: Path | None = None, plot: Path | None = None, log_mlflow: bool = True,
-              log: Callable[[str], None] = lambda message: None, serve: bool = True, dvc: bool = False) -> dict:
-    """Every section; writes `output` (default metrics/bench.json) atomically and the samples/s plot."""
+              log: Callable[[str], None] = lambda message: None, serve: bool = True, dvc: bool = False,
+              only: tuple[str, ...] = ()) -> dict:
+    """Every section (or `only` those, updating them in an existing `output`); writes `output` (default
+    metrics/bench.json) atomically and the samples/s plot. `sections` records when and at which commit
+    each section was measured."""
     from qelm_core import tracking
 
     cfg = bench_config(params, quick, check_torch_device(torch_device))
     output, plot = Path(output or paths.metrics / "bench.json"), Path(plot or paths.plots / "bench_samples_per_s.png")
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown:
+        raise QelmError(f"bench --only: unknown section {unknown[0]!r}; valid: {', '.join(SECTIONS)}")
     if log_mlflow:
         tracking.configure(paths)  # an unreachable tracking server fails now, not after the benchmark
-    result: dict = {"schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "git_commit": tracking.git_commit(paths), "host": _host(cfg), "quick": quick,
+    stamp = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_commit": tracking.git_commit(paths)}
+    result: dict = {"schema": SCHEMA, **stamp, "host": _host(cfg), "quick": quick,
                     "config": {**asdict(cfg), "engines": list(ENGINES), "loss": "NLL of random targets, "
-                               "gradients to weights and input angles"}}
+                               "gradients to weights and input angles"}, "sections": {}}
+    if only:
+        try:
+            earlier = json.loads(output.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise QelmError(f"bench --only needs an earlier full run in {output} ({err}); run `qelm bench`") from None
+        earlier.setdefault("sections", {name: {k: earlier.get(k) for k in ("created", "git_commit")} for name in SECTIONS})
+        result = {**earlier, **{k: result[k] for k in ("created", "host")}}
+        if result.get("schema") != SCHEMA or result.get("quick") != quick:
+            raise QelmError(f"{output}: not a {'quick ' if quick else ''}{SCHEMA} result; run `qelm bench` first")
+    todo = set(only or SECTIONS)
     clock = time.perf_counter()
-    result["cells"] = bench_engines(cfg, log)
-    result["ratios"] = ratios(result["cells"])
-    log("training: a short distill.train of params.yaml's student")
-    result["training"] = bench_training(params, paths, cfg)
-    if teacher:
-        log("teacher: loading the model, then pipeline vs bare forward")
-        result["teacher"] = bench_teacher(params, paths, cfg, repeats=2 if quick else 3)
-    else:
-        result["teacher"] = {"status": "skipped", "reason": "--no-teacher"}
-    log("serving: mlflow models serve of the champion under a bounded load" if serve else "serving: skipped")
-    result["serving"] = (bench_serving(params, paths, requests=200 if quick else 2000, clients=8) if serve
-                         else {"status": "skipped", "reason": "--no-serve"})
-    log("dvc: cold + no-op dvc repro in a fresh clone (minutes)" if dvc else "dvc: skipped (--dvc runs it)")
-    result["dvc"] = bench_dvc_repro(paths) if dvc else {"status": "skipped", "reason": "off by default: --dvc"}
+    if "engines" in todo:
+        result["cells"] = bench_engines(cfg, log)
+        result["ratios"] = ratios(result["cells"])
+    if "training" in todo:
+        log("training: a short distill.train of params.yaml's student")
+        result["training"] = bench_training(params, paths, cfg)
+    if "teacher" in todo:
+        log("teacher: loading the model, then pipeline vs bare forward" if teacher else "teacher: skipped")
+        result["teacher"] = (bench_teacher(params, paths, cfg, repeats=2 if quick else 3) if teacher
+                             else {"status": "skipped", "reason": "--no-teacher"})
+    if "serving" in todo:
+        log("serving: mlflow models serve of the champion under a bounded load" if serve else "serving: skipped")
+        result["serving"] = (bench_serving(params, paths, requests=200 if quick else 2000, clients=8) if serve
+                             else {"status": "skipped", "reason": "--no-serve"})
+    if "dvc" in todo:
+        log("dvc: cold + no-op dvc repro in a fresh clone (minutes)" if dvc else "dvc: skipped (--dvc runs it)")
+        result["dvc"] = bench_dvc_repro(paths) if dvc else {"status": "skipped", "reason": "off by default: --dvc"}
+    result["sections"] = {**result.get("sections", {}), **{name: stamp for name in todo}}
     result["elapsed_s"] = time.perf_counter() - clock
     result["plot"] = str(samples_plot(plot, result["cells"]))
     result["mlflow_run_id"] = None
     atomic_write_json(output, result)
     if log_mlflow:
-        params_ = {k: str(v) for k, v in {**result["config"], "quick": quick, **result["host"]}.items()}
+        params_ = {k: str(v) for k, v in {**result["config"], "quick": quick, **result["host"],
+                                          "sections": ",".join(sorted(todo))}.items()}
         tags = {"qelm.bench.quick": str(quick), "qelm.bench.torch_device": cfg.torch_device}
         result["mlflow_run_id"] = tracking.log_bench(paths, params_, flat_metrics(result), [output, plot], tags)
         atomic_write_json(output, result)

@@ -166,6 +166,8 @@ def bench(
     mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="log a run to the MLflow experiment qelm-bench"),
     serve: bool = typer.Option(True, "--serve/--no-serve", help="REST latency of the champion under load (needs one)"),
     dvc: bool = typer.Option(False, "--dvc", help="also time a cold + a no-op `dvc repro` in a fresh clone (minutes)"),
+    only: list[str] = typer.Option([], "--only", help="re-measure only this section of an existing bench.json "
+                                   "(engines, training, teacher, serving, dvc; repeatable)"),
     params: Path = PARAMS,
 ) -> None:
     """Time the circuit engines side by side, teacher inference and training; write bench.json + a plot."""
@@ -177,7 +179,8 @@ def bench(
     err = Console(stderr=True)
     try:
         r = run_bench(load_params(params), Paths.here(), quick, teacher, torch_device, output, plot, mlflow,
-                      log=lambda message: err.print(f"[dim]bench: {message}[/dim]"), serve=serve, dvc=dvc)
+                      log=lambda message: err.print(f"[dim]bench: {message}[/dim]"), serve=serve, dvc=dvc,
+                      only=tuple(only))
     except QelmError as error:
         fail(str(error))
     table = Table(title="fwd+bwd per call (median of interleaved rounds)")

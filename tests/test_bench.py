@@ -71,6 +71,21 @@ def test_quick_bench_without_teacher_writes_every_section(tmp_path, monkeypatch)
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "bench")}
     assert names == {"bench/bench.json", "bench/bench.png"}
 
+    # --only: one section re-measured in place, the others kept, each stamped with when it was measured
+    again, _, _ = _bench(tmp_path, monkeypatch, "--no-teacher", "--no-mlflow", "--only", "training")
+    assert again["cells"] == r["cells"] and again["teacher"] == r["teacher"]
+    assert again["training"]["seconds"] != r["training"]["seconds"]
+    assert set(again["sections"]) == {"engines", "training", "teacher", "serving", "dvc"}
+    assert again["sections"]["training"]["created"] >= again["sections"]["engines"]["created"]
+
+
+def test_bench_only_refuses_unknown_sections_and_a_missing_result(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args, message in ((["--only", "gpu"], "unknown section 'gpu'"), (["--only", "serving"], "needs an earlier")):
+        result = CliRunner().invoke(app, ["bench", "--quick", "--no-mlflow", "--output", str(tmp_path / "b.json"),
+                                          "--params", str(REPO / "params.yaml"), *args])
+        assert result.exit_code == 2 and message in result.output
+
 
 def test_unavailable_cuda_is_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

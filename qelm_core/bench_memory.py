@@ -1,0 +1,89 @@
+"""`qelm bench`: peak memory of one fwd+bwd, measured in a fresh process per (engine, n, batch)."""
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from qelm_core.bench import BenchConfig
+
+
+def _proc_kib(key: str, path: str = "/proc/self/status") -> int:
+    with open(path) as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def memory_child(engine: str, n: int, context: int, layers: int, batch: int, torch_device: str) -> dict:
+    """Runs in a fresh process: peak RSS growth of one fwd+bwd after a batch-1 call has loaded everything."""
+    from qelm_core.bench import make_step
+
+    make_step(engine, n, context, layers, 1, torch_device)()
+    step = make_step(engine, n, context, layers, batch, torch_device)
+    gc.collect()
+    exact = _reset_peak_rss()
+    base = _proc_kib("VmRSS")
+    cuda = torch_device.startswith("cuda") and engine != "lightning.qubit"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        cuda_base = torch.cuda.memory_allocated()
+    step()
+    out = {"peak_extra_mib": (_proc_kib("VmHWM") - base) / 1024,
+           "memory_note": "peak RSS - RSS before, one fwd+bwd, fresh process" if exact
+           else "peak RSS could not be reset: includes set-up"}
+    if cuda:
+        out["peak_extra_mib_cuda"] = (torch.cuda.max_memory_allocated() - cuda_base) / 2**20
+    return out
+
+
+def _memory_entry(conn, *args) -> None:
+    try:
+        conn.send(memory_child(*args))
+    finally:
+        conn.close()
+
+
+class MemoryProbe:
+    """One process per measurement, forked from a forkserver that has imported torch and PennyLane (so
+    a fork costs ~0.3 s, not an import). The process ends with its task: nothing idles or outlives us."""
+
+    def __init__(self) -> None:
+        self.ctx = multiprocessing.get_context("forkserver")
+        self.ctx.set_forkserver_preload(["qelm_core.bench", "qelm_core.bench_memory", "pennylane", "pennylane_lightning.lightning_qubit"])
+
+    def measure(self, engine: str, n: int, batch: int, cfg: BenchConfig) -> dict:
+        if not os.path.exists("/proc/self/status"):
+            return {"peak_extra_mib": None, "memory_note": "not measured: needs Linux /proc"}
+        recv, send = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=_memory_entry, daemon=True,
+                                args=(send, engine, n, cfg.context, cfg.layers, batch, cfg.torch_device))
+        proc.start()
+        send.close()
+        try:
+            return recv.recv()
+        except EOFError:  # no answer: killed (out of memory?) or crashed (its traceback is on stderr)
+            proc.join()
+            return {"peak_extra_mib": None, "memory_note": f"failed: the measuring process died "
+                                                           f"(exit code {proc.exitcode})"}
+        finally:
+            proc.join()
+            recv.close()
+
+
+def mem_available_mib() -> float:
+    try:
+        return _proc_kib("MemAvailable", "/proc/meminfo") / 1024
+    except (OSError, StopIteration):  # not Linux
+        return 8192.0
