@@ -37,7 +37,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -264,13 +264,14 @@ SECTIONS = ("engines", "training", "teacher", "serving", "dvc")
 def run_bench(params: Params, paths: Paths, quick: bool = False, teacher: bool = True, torch_device: str = "cpu",
               output: Path | None = None, plot: Path | None = None, log_mlflow: bool = True,
               log: Callable[[str], None] = lambda message: None, serve: bool = True, dvc: bool = False,
-              only: tuple[str, ...] = ()) -> dict:
+              only: tuple[str, ...] = (), n_qubits: tuple[int, ...] = (), batches: tuple[int, ...] = ()) -> dict:
     """Every section (or `only` those, updating them in an existing `output`); writes `output` (default
     metrics/bench.json) atomically and the samples/s plot. `sections` records when and at which commit
     each section was measured."""
     from qelm_core import tracking
 
     cfg = bench_config(params, quick, check_torch_device(torch_device))
+    cfg = replace(cfg, n_qubits=tuple(n_qubits) or cfg.n_qubits, batches=tuple(batches) or cfg.batches)
     output, plot = Path(output or paths.metrics / "bench.json"), Path(plot or paths.plots / "bench_samples_per_s.png")
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown:

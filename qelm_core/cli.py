@@ -168,6 +168,8 @@ def bench(
     dvc: bool = typer.Option(False, "--dvc", help="also time a cold + a no-op `dvc repro` in a fresh clone (minutes)"),
     only: list[str] = typer.Option([], "--only", help="re-measure only this section of an existing bench.json "
                                    "(engines, training, teacher, serving, dvc; repeatable)"),
+    n: list[int] = typer.Option([], "--n", min=1, max=20, help="qubit counts of the engine grid (repeatable)"),
+    batch: list[int] = typer.Option([], "--batch", min=1, help="batch sizes of the engine grid (repeatable)"),
     params: Path = PARAMS,
 ) -> None:
     """Time the circuit engines side by side, teacher inference and training; write bench.json + a plot."""
@@ -180,7 +182,7 @@ def bench(
     try:
         r = run_bench(load_params(params), Paths.here(), quick, teacher, torch_device, output, plot, mlflow,
                       log=lambda message: err.print(f"[dim]bench: {message}[/dim]"), serve=serve, dvc=dvc,
-                      only=tuple(only))
+                      only=tuple(only), n_qubits=tuple(n), batches=tuple(batch))
     except QelmError as error:
         fail(str(error))
     table = Table(title="fwd+bwd per call (median of interleaved rounds)")

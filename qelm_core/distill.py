@@ -69,9 +69,15 @@ def batch_indices(seed: int, step: int, n: int, size: int) -> torch.Tensor:
     return torch.randint(0, n, (size,), generator=gen)
 
 
+# The code a checkpoint's numbers depend on: after an edit here, a finished checkpoint is not "resumed"
+# (which would silently skip the retraining `dvc repro` asked for).
+TRAINING_CODE = ("distill.py", "student.py", "circuits.py", "fused.py")
+
+
 def run_key(config: dict) -> str:
-    """Checkpoints are only resumed by the run they belong to (same params, same data)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    """Checkpoints are only resumed by the run they belong to (same params, same data, same code)."""
+    code = {name: hashlib.sha256((Path(__file__).parent / name).read_bytes()).hexdigest() for name in TRAINING_CODE}
+    return hashlib.sha256(json.dumps({**config, "code": code}, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def save_checkpoint(path: Path, model, optimizer, state: dict) -> None:

@@ -147,3 +147,9 @@ def test_quick_bench_with_teacher(tmp_path, monkeypatch):
     assert t["pipeline_vs_bare"] == pytest.approx(t["pipeline_vs_bare"]) and t["target"] == 0.9
     assert isinstance(t["meets_target"], bool) and r["mlflow_run_id"] is None
     assert "pipeline" in output and "tok/s" in output
+
+
+def test_bench_grid_can_be_narrowed(tmp_path, monkeypatch):
+    r, _, _ = _bench(tmp_path, monkeypatch, "--no-teacher", "--no-serve", "--no-mlflow", "--n", "4", "--batch", "1")
+    assert {(c["engine"], c["n"], c["batch"]) for c in r["cells"]} == {(e, 4, 1) for e in ENGINES}
+    assert r["config"]["n_qubits"] == [4] and r["config"]["batches"] == [1]
