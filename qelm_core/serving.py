@@ -13,6 +13,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -30,29 +31,27 @@ def free_port() -> int:
 
 
 @contextmanager
-def model_server(model_uri: str, tracking_uri: str, startup_s: float = 180.0, workers: int = 1) -> Iterator[str]:
-    """`mlflow models serve -m model_uri` on a free 127.0.0.1 port; yields its base URL; always stopped."""
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,  # it execs `uvicorn`: this venv's, first
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def http_process(cmd: list[str], port: int, health_path: str, env: dict | None = None,
+                 startup_s: float = 180.0) -> Iterator[str]:
+    """Start `cmd` (a server listening on 127.0.0.1:port), wait until `health_path` answers, yield its base
+    URL; always stopped (SIGTERM, then SIGKILL after 30 s). A server that exits early fails with its stderr."""
+    log = tempfile.TemporaryFile()  # not a pipe: a chatty server would block once a pipe's buffer is full
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
+    what = " ".join(cmd[2:5]) if cmd[:2] == [sys.executable, "-m"] else " ".join(cmd[:3])
     try:
         deadline = time.monotonic() + startup_s
         while True:
             if proc.poll() is not None:
-                raise QelmError(f"`mlflow models serve -m {model_uri}` exited ({proc.returncode}): "
-                                f"{(proc.stderr.read() or '').strip()[-800:]}")
+                log.seek(0)
+                tail = log.read().decode(errors="replace").strip()[-800:]
+                raise QelmError(f"`{what}` exited ({proc.returncode}): {tail}")
             try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2).close()
+                urllib.request.urlopen(f"{url}{health_path}", timeout=2).close()
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise QelmError(f"`mlflow models serve -m {model_uri}` did not answer /ping "
-                                    f"within {startup_s:.0f} s") from None
+                    raise QelmError(f"`{what}` did not answer {health_path} within {startup_s:.0f} s") from None
                 time.sleep(0.5)
         yield url
     finally:
@@ -62,7 +61,19 @@ def model_server(model_uri: str, tracking_uri: str, startup_s: float = 180.0, wo
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        proc.stderr.close()
+        log.close()
+
+
+@contextmanager
+def model_server(model_uri: str, tracking_uri: str, startup_s: float = 180.0, workers: int = 1) -> Iterator[str]:
+    """`mlflow models serve -m model_uri` on a free 127.0.0.1 port; yields its base URL; always stopped."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,  # it execs `uvicorn`: this venv's, first
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+           "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)]
+    with http_process(cmd, port, "/ping", env, startup_s) as url:
+        yield url
 
 
 def post(url: str, body: bytes, timeout: float = 60.0) -> tuple[int, str]:
