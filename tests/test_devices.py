@@ -65,6 +65,26 @@ def test_fake_backend():
     assert "FakeManilaV2" in fake_backend_names()
 
 
+@pytest.mark.parametrize("seed", [0, 7])
+def test_fake_hardware_sampling_is_reproducible_with_a_seed(seed):
+    """The same seed (0 included: qiskit-ibm-runtime's local mode ignores a seed_simulator of 0) gives
+    the same noisy counts; another seed gives other counts."""
+    import torch
+
+    from qelm_core.circuits import ansatz, build_qnode
+
+    spec = ansatz(2, 1, 1)
+    angles, weights = torch.rand(1, 1, 2, dtype=torch.float64), torch.rand(spec.weight_shape, dtype=torch.float64)
+
+    def sample(s):
+        dev = make_device(dp(name="qiskit.remote", backend="FakeManilaV2"), 2, shots=2000, seed=s)
+        return build_qnode(spec, dev, diff_method=None, shots=2000)(angles, weights)
+
+    first = sample(seed)
+    assert torch.equal(first, sample(seed))
+    assert not torch.equal(first, sample(seed + 1))
+
+
 def test_remote_errors():
     with pytest.raises(QelmError, match="FakeManilaV2 has 5 qubits but the student needs 6"):
         make_device(dp(name="qiskit.remote", backend="FakeManilaV2"), 6, shots=100)
