@@ -94,6 +94,30 @@ def rot_matrices(weights: torch.Tensor) -> torch.Tensor:
     return ry(c) @ rz @ ry(a)
 
 
+def apply_ops(spec: CircuitSpec, angles, weights, mats=None) -> None:
+    """Queue `spec.ops` as PennyLane operations (call inside a QNode): data RY(angles[..., s, q]), each
+    rot as RY/RZ/RY of weights[s, l, q] (or one QubitUnitary of `mats[s, l, q]` when given), CNOTs."""
+    import pennylane as qml
+
+    for op in spec.ops:
+        kind = op[0]
+        if kind == "data_ry":
+            _, q, s = op
+            qml.RY(angles[..., s, q], wires=q)
+        elif kind == "rot":
+            _, q, s, l = op
+            if mats is not None:
+                qml.QubitUnitary(mats[s, l, q], wires=q)
+            else:
+                qml.RY(weights[s, l, q, 0], wires=q)
+                qml.RZ(weights[s, l, q, 1], wires=q)
+                qml.RY(weights[s, l, q, 2], wires=q)
+        elif kind == "cnot":
+            qml.CNOT(wires=[op[1], op[2]])
+        else:
+            raise ValueError(f"unknown op {op!r}")
+
+
 def build_qnode(spec: CircuitSpec, device, diff_method: str | None, shots: int | None = None,
                 rot_impl: str | None = None):
     """Compile `spec` for `device`: a callable `f(angles, weights) -> probs (..., 2^n)` (float64).
@@ -120,24 +144,7 @@ def build_qnode(spec: CircuitSpec, device, diff_method: str | None, shots: int |
     basis_bits = [[(i >> (n - 1 - q)) & 1 for q in range(n)] for i in range(2**n)] if projectors else []
 
     def circuit(angles, weights):
-        mats = rot_matrices(weights) if rot_impl == "matrix" else None  # (k, L, n, 2, 2)
-        for op in spec.ops:
-            kind = op[0]
-            if kind == "data_ry":
-                _, q, s = op
-                qml.RY(angles[..., s, q], wires=q)
-            elif kind == "rot":
-                _, q, s, l = op
-                if mats is not None:
-                    qml.QubitUnitary(mats[s, l, q], wires=q)
-                else:
-                    qml.RY(weights[s, l, q, 0], wires=q)
-                    qml.RZ(weights[s, l, q, 1], wires=q)
-                    qml.RY(weights[s, l, q, 2], wires=q)
-            elif kind == "cnot":
-                qml.CNOT(wires=[op[1], op[2]])
-            else:
-                raise ValueError(f"unknown op {op!r}")
+        apply_ops(spec, angles, weights, rot_matrices(weights) if rot_impl == "matrix" else None)
         if projectors:
             return [qml.expval(qml.Projector(bits, wires=range(n))) for bits in basis_bits]
         return qml.probs(wires=range(n))

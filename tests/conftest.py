@@ -39,12 +39,17 @@ def write_params(folder: Path, params: dict) -> Path:
     return path
 
 
+def command_env(extra: dict | None = None) -> dict:
+    """The environment of a command a test starts: this venv first on PATH, no inherited
+    MLFLOW_TRACKING_URI (each repo uses its own mlflow.db), git identity, then `extra`."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return {**env, **GIT_ENV, **(extra or {})}
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None, timeout: int = 900):
     """Run a command (qelm, dvc, git) from this venv, against the repo's own local MLflow store."""
-    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
-    full_env.update({**GIT_ENV, **(env or {})})
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=command_env(env), timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

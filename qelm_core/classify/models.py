@@ -37,7 +37,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from qelm_core.circuits import CircuitSpec, ansatz
+from qelm_core.circuits import CircuitSpec, ansatz, apply_ops
 from qelm_core.config import QelmError
 from qelm_core.fused import compile_fused
 from qelm_core.io import atomic_dir, atomic_write_json
@@ -191,18 +191,7 @@ def z_qnode(spec, device, shots: int | None = None, diff_method: str | None = No
     n = spec.n_qubits
 
     def circuit(angles, weights):
-        for op in spec.ops:
-            if op[0] == "data_ry":
-                qml.RY(angles[..., op[2], op[1]], wires=op[1])
-            elif op[0] == "rot":
-                _, q, s, l = op
-                qml.RY(weights[s, l, q, 0], wires=q)
-                qml.RZ(weights[s, l, q, 1], wires=q)
-                qml.RY(weights[s, l, q, 2], wires=q)
-            elif op[0] == "cnot":
-                qml.CNOT(wires=[op[1], op[2]])
-            else:
-                raise ValueError(f"unknown op {op!r}")
+        apply_ops(spec, angles, weights)
         return [qml.expval(qml.PauliZ(q)) for q in range(n)]
 
     qnode = qml.QNode(circuit, device, interface="torch", diff_method=diff_method)

@@ -10,14 +10,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from safetensors.numpy import load_file
 
-from tests.conftest import GIT_ENV, run
+from tests.conftest import command_env, run
 from tests.reliability.conftest import assert_refused, qelm, set_params, snapshot
 
 pytestmark = pytest.mark.slow
@@ -25,10 +24,8 @@ pytestmark = pytest.mark.slow
 
 def start(cmd: list[str], cwd: Path, log: Path, env: dict | None = None) -> subprocess.Popen:
     """A command from this venv in its own process group; stdout to `log`, stderr to `log`.err."""
-    full = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    full.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{full.get('PATH', '')}", **GIT_ENV, **(env or {}))
     with open(log, "w") as out, open(f"{log}.err", "w") as err:
-        return subprocess.Popen(cmd, cwd=cwd, env=full, stdout=out, stderr=err, start_new_session=True)
+        return subprocess.Popen(cmd, cwd=cwd, env=command_env(env), stdout=out, stderr=err, start_new_session=True)
 
 
 def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
@@ -128,7 +125,6 @@ def test_killed_training_resumes_to_the_same_weights(repo_copy, tmp_path):
 # Injected with sitecustomize (PYTHONPATH) into the `qelm <stage>` process that `dvc repro` starts:
 # the real stage code runs; one call in it fails the way a full disk or a registry outage would.
 FAULT = '''
-import sys
 
 if sys.argv[0].endswith("qelm") and sys.argv[1:2] == [{stage!r}]:
     if {stage!r} == "train":
