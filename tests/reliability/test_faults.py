@@ -125,6 +125,7 @@ def test_killed_training_resumes_to_the_same_weights(repo_copy, tmp_path):
 # Injected with sitecustomize (PYTHONPATH) into the `qelm <stage>` process that `dvc repro` starts:
 # the real stage code runs; one call in it fails the way a full disk or a registry outage would.
 FAULT = '''
+import sys
 
 if sys.argv[0].endswith("qelm") and sys.argv[1:2] == [{stage!r}]:
     if {stage!r} == "train":
@@ -160,7 +161,7 @@ def test_exception_in_a_stage_fails_its_run_and_records_nothing(repo_copy, tmp_p
     set_params(repo_copy, train={"steps": 40})
     t0 = int(time.time() * 1000)
     proc = run(["dvc", "repro"], repo_copy, check=False, env={"PYTHONPATH": str(hook)})
-    assert proc.returncode != 0
+    assert proc.returncode != 0, f"the injected fault did not fail the stage:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     assert "injected" in proc.stdout + proc.stderr
 
     runs = runs_since(repo_copy, t0) if stage == "train" else [mlflow_client(repo_copy).get_run(
