@@ -149,7 +149,9 @@ class SweepGrid(BaseModel):
         out = []
         for n, layers, alpha, seed in itertools.product(self.n_qubits or [base.student.n_qubits], self.layers,
                                                         self.alpha, self.seeds):
-            point = {"student.n_qubits": n, "student.layers": layers, "train.alpha": alpha, "seed": seed}
+            # one student per kind per point: the grid's seeds take the place of train.seeds
+            point = {"student.n_qubits": n, "student.layers": layers, "train.alpha": alpha, "seed": seed,
+                     "train.seeds": 1}
             if self.steps is not None:
                 point["train.steps"] = self.steps
             out.append((f"q{n}-l{layers}-a{alpha:g}-s{seed}", point))

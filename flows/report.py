@@ -7,8 +7,11 @@ perplexity: choosing on test perplexity would tune on the test set the table the
 from __future__ import annotations
 
 import csv
+import io
 import statistics
 from pathlib import Path
+
+from qelm_core.io import atomic_write_bytes, atomic_write_text
 
 import matplotlib
 
@@ -88,19 +91,30 @@ def pareto_plot(path: Path, summary: list[dict]) -> Path:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
 def write_csv(path: Path, table: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(table[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    atomic_write_text(path, buf.getvalue())
     return path
+
+
+def publish_pareto(plots: Path, summary: list[dict]) -> list[Path]:
+    """The project's own Pareto figure: plots/pareto.png and one CSV per kind (a DVC plot in dvc.yaml)."""
+    files = [pareto_plot(plots / "pareto.png", summary)]
+    for kind in KINDS:
+        rows = [r for r in summary if r["kind"] == kind]
+        if rows:
+            files.append(write_csv(plots / f"pareto_{kind}.csv", rows))
+    return files
 
 
 def markdown(summary: list[dict], best: dict, url: str) -> str:

@@ -27,7 +27,8 @@ def dask_runner(address: str | None = None, n_workers: int | None = None) -> Das
     if n < 1:
         raise ConfigError(f"dask_workers: {n} workers; give at least 1")
     threads = str(max(1, (os.cpu_count() or 1) // n))
-    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **prefect_env()}
+    # each Dask worker trains in its own process (no nested training pool): the workers are the parallelism
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "QELM_TRAIN_WORKERS": "1", **prefect_env()}
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
         "n_workers": n, "threads_per_worker": 1, "processes": True, "dashboard_address": None, "env": env})
 

@@ -257,6 +257,7 @@ def sweep_report(grid, runs: list[RunConfig], train: dict[str, dict], evaluate: 
     files = [report.pareto_plot(out / "pareto.png", summary), report.write_csv(out / "runs.csv", table),
              report.write_csv(out / "summary.csv", summary)]
     project = Paths(runs[0].ws.project)
+    files += report.publish_pareto(project.plots, summary)
     with tracking_env(runs[0].tracking_uri):
         run_id = tracking.log_sweep(project, grid.model_dump(), table, summary, files,
                                     {k: best[k] for k in ("test_ppl", "val_ppl", "params", "mlflow_run_id")})

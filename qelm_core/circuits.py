@@ -14,18 +14,22 @@ State: n wires, starts in |0...0>. Ops are applied in list order; each op is a t
     ("rot", q, s, l)        U(a, b, c) = RY(c) @ RZ(b) @ RY(a) on wire q,        (a applied first)
                             with (a, b, c) = weights[s, l, q, :]
     ("cnot", c, t)          CNOT, control c, target t
+    ("cz", a, b)            CZ on wires a, b (diagonal: flips the sign of |..1..1..>; symmetric)
 
     RY(t) = [[cos t/2, -sin t/2], [sin t/2, cos t/2]]      RZ(t) = diag(e^{-it/2}, e^{+it/2})
 
 Structure: for each context slot s (oldest first): one "data_ry" per qubit, then `layers` times
-{ one "rot" per qubit, then the CNOT ring }. The ring is CNOT(q, q+1 mod n) for q = 0..n-1; for n = 2
-it is the single CNOT(0, 1); for n = 1 there is none.
+{ one "rot" per qubit, then the entangler ring }. The ring is over the pairs (q, q+1 mod n) for
+q = 0..n-1; for n = 2 it is the single pair (0, 1); for n = 1 there is none. Entangler "cz" (default)
+or "cnot": CNOT rings permute basis states, so six of them after the last token scramble whatever
+order the vocabulary -> basis-state assignment gave the outputs; a CZ ring is diagonal (a sign per
+basis state), entangles as much, and leaves that order in place (issue 16: 23.7 vs 27.2 test ppl).
 
 Output: probabilities of all 2^n basis states (`qml.probs(wires=range(n))`), where basis index
 i = sum_q bit_q * 2^(n-1-q), i.e. wire 0 is the most significant bit (PennyLane's convention).
 
 Why Y-Z-Y rather than qml.Rot (= RZ RY RZ): the ring after the last rotation only permutes basis
-states, so a final RZ there changes phases only and `probs` cannot see it: with qml.Rot the last
+states (CNOT) or changes their signs (CZ), so a final RZ there changes phases only and `probs` cannot see it: with qml.Rot the last
 layer's third angle has zero gradient forever (and with `bits` encoding so does the first RZ, which
 acts on a basis state). Y-Z-Y is an equally general single-qubit rotation (proper Euler angles) with
 no dead parameter; tests/test_circuits.py checks every gradient entry is non-zero.
@@ -47,6 +51,7 @@ class CircuitSpec:
     context: int
     layers: int
     ops: tuple  # tuple of op tuples, see the module docstring
+    entangler: str = "cz"
 
     @property
     def angle_shape(self) -> tuple[int, int]:
@@ -61,7 +66,11 @@ class CircuitSpec:
         return self.context * self.layers * self.n_qubits * 3
 
 
-def cnot_ring(n: int) -> list[tuple[int, int]]:
+ENTANGLERS = ("cz", "cnot")
+
+
+def ring(n: int) -> list[tuple[int, int]]:
+    """The wire pairs of one entangler ring (control, target for CNOT)."""
     if n == 1:
         return []
     if n == 2:
@@ -69,14 +78,16 @@ def cnot_ring(n: int) -> list[tuple[int, int]]:
     return [(q, (q + 1) % n) for q in range(n)]
 
 
-def ansatz(n_qubits: int, context: int, layers: int) -> CircuitSpec:
+def ansatz(n_qubits: int, context: int, layers: int, entangler: str = "cz") -> CircuitSpec:
+    if entangler not in ENTANGLERS:
+        raise ValueError(f"entangler must be one of {ENTANGLERS}, got {entangler!r}")
     ops: list[tuple] = []
     for s in range(context):
         ops += [("data_ry", q, s) for q in range(n_qubits)]
         for l in range(layers):
             ops += [("rot", q, s, l) for q in range(n_qubits)]
-            ops += [("cnot", c, t) for c, t in cnot_ring(n_qubits)]
-    return CircuitSpec(n_qubits, context, layers, tuple(ops))
+            ops += [(entangler, a, b) for a, b in ring(n_qubits)]
+    return CircuitSpec(n_qubits, context, layers, tuple(ops), entangler)
 
 
 def rot_matrices(weights: torch.Tensor) -> torch.Tensor:
@@ -114,6 +125,8 @@ def apply_ops(spec: CircuitSpec, angles, weights, mats=None) -> None:
                 qml.RY(weights[s, l, q, 2], wires=q)
         elif kind == "cnot":
             qml.CNOT(wires=[op[1], op[2]])
+        elif kind == "cz":
+            qml.CZ(wires=[op[1], op[2]])
         else:
             raise ValueError(f"unknown op {op!r}")
 

@@ -45,6 +45,7 @@ def _stage_command(name: str, doc: str):
 for _name, _doc in [
     ("prepare", "Corpus -> vocabulary and token-id splits (GX-validated)."),
     ("teacher", "Teacher LLM soft targets on the student vocabulary (resumable shards)."),
+    ("assign", "Vocabulary -> basis-state map for the quantum student's read-out (train data only)."),
     ("train", "Distil the quantum student and its equal-parameter classical twin."),
     ("evaluate", "Test perplexity/accuracy of every model beside the baselines; sizes; noisy hardware."),
     ("register", "Log the student to the MLflow registry as a new version aliased `challenger`."),
@@ -149,7 +150,7 @@ def promote(
     except QelmError as err:
         fail(str(err))
     table = Table(title=f"{name}: {'PROMOTED' if decision.promote else 'unchanged'} ({decision.reason})")
-    for column in ("alias", "version", "ppl_quantum (test)", "test data hash"):
+    for column in ("alias", "version", "ppl_test (this version)", "test data hash"):
         table.add_column(column)
     for row in decision.rows:
         table.add_row(*row)

@@ -64,7 +64,9 @@ class StudentParams(_Strict):
     context: int = Field(2, ge=1)
     layers: int = Field(6, ge=1)  # trainable layers after each encoded token
     encoding: Literal["embedding", "bits"] = "embedding"
-    log_bias: bool = False  # classical V-vector added to the circuit's log-probs (counted)
+    log_bias: bool = True  # classical V-vector added to the circuit's log-probs (counted as classical)
+    assignment: Literal["hamming", "random", "meaning"] = "meaning"  # vocab -> basis states (basis.py)
+    entangler: Literal["cz", "cnot"] = "cz"  # the ring after every trainable layer (circuits.py)
     engine: Literal["pennylane", "fused"] = "fused"  # fused: own statevector code (qelm_core/fused.py)
     classical_dim: int = Field(0, ge=0)  # 0 = sized to the quantum student's parameter count
 
@@ -87,7 +89,9 @@ class TrainParams(_Strict):
     temperature: float = Field(2.0, gt=0)
     lr: float = Field(0.05, gt=0)
     batch_size: int = Field(256, ge=1)
-    steps: int = Field(1500, ge=1)
+    steps: int = Field(3000, ge=1)
+    schedule: Literal["constant", "cosine"] = "cosine"  # lr: constant, or cosine decay to 0 over `steps`
+    seeds: int = Field(3, ge=1)  # students trained per kind: seeds seed, seed+1, ... (mean +- sd reported)
     eval_every: int = Field(100, ge=1)
     checkpoint_every: int = Field(100, ge=1)
     early_stop_patience: int = Field(0, ge=0)  # evaluations without improvement; 0 = off
@@ -177,6 +181,7 @@ class Paths:
     raw = property(lambda s: s.root / "data" / "raw")
     prepared = property(lambda s: s.root / "data" / "prepared")
     teacher = property(lambda s: s.root / "data" / "teacher")
+    basis = property(lambda s: s.root / "data" / "basis")  # vocabulary -> basis-state map (qelm assign)
     shards = property(lambda s: s.root / "data" / ".shards")  # resumable teacher work, outside DVC outs
     student = property(lambda s: s.root / "models" / "student")
     checkpoints = property(lambda s: s.root / "models" / "checkpoints")

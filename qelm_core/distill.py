@@ -5,8 +5,9 @@ where x_T = normalise(p^(1/T)) = softmax(log p / T) -- for the Born machine this
 the measured probabilities sharpened/flattened, for the classical student it equals logits / T.
 
 Exact resume: the batch of step s is drawn from a generator seeded with (seed, s), so no sampler
-state has to be saved; weights, Adam state, history and best-so-far go into one safetensors file
-(+ JSON), written atomically every `checkpoint_every` steps.
+state has to be saved; weights, Adam state, the lr schedule's state, history and best-so-far go into
+one safetensors file (+ JSON), written atomically every `checkpoint_every` steps.
+Schedule (`train.schedule`): constant lr, or torch's CosineAnnealingLR from `lr` to 0 over `steps`.
 """
 from __future__ import annotations
 
@@ -115,15 +116,25 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
     return json.loads(meta["state"])
 
 
+def lr_schedule(optimizer, tp: TrainParams):
+    """None (constant lr) or the scheduler stepped once per training step."""
+    if tp.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tp.steps)
+    return None
+
+
 def train(model, train_data: SplitData, val_data: SplitData, tp: TrainParams, seed: int, checkpoint: Path,
           key: str, on_eval: Callable[[dict], None] | None = None, progress=None) -> TrainResult:
     """Train `model` in place; on return it holds the best-validation weights."""
     optimizer = torch.optim.Adam(model.parameters(), lr=tp.lr)
+    scheduler = lr_schedule(optimizer, tp)
     state = {"key": key, "step": 0, "history": [], "best_val": math.inf, "best_step": 0, "seconds": 0.0,
-             "bad_evals": 0}
+             "bad_evals": 0, "scheduler": None}
     best_path = checkpoint.with_name(checkpoint.stem + ".best.safetensors")
     if checkpoint.is_file() and checkpoint_state(checkpoint).get("key") == key:  # else: another run's, ignore
         state = load_checkpoint(checkpoint, model, optimizer)
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
     n = len(train_data.targets)
     task = progress.add_task("train", total=tp.steps, completed=state["step"]) if progress else None
     start = time.perf_counter() - state["seconds"]
@@ -135,6 +146,9 @@ def train(model, train_data: SplitData, val_data: SplitData, tp: TrainParams, se
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+            state["scheduler"] = scheduler.state_dict()
         state["step"] = step
         if task is not None:
             progress.advance(task)
@@ -190,3 +204,109 @@ def load_distill_data(paths, context: int) -> tuple[dict[str, SplitData], "objec
         teacher = load_file(str(paths.teacher / f"{split}.safetensors"))
         out[split] = split_data(contexts(ids[split], context), ids[split][1:], teacher["probs"])
     return out, vocab, ids
+
+
+def train_job(root: str, params_json: str, name: str, kind: str, seed: int, out_dir: str, extra_config: dict,
+              threads: int = 0, progress=None) -> TrainResult:
+    """Train one student (kind, seed) from the prepared data under `root`; save it to out_dir/<name>-s<seed>/.
+    Self-contained (reads its own data), so a worker process can run it."""
+    from qelm_core.basis import load_basis
+    from qelm_core.config import Params, Paths
+    from qelm_core.student import build_student, save_student
+
+    if threads:
+        torch.set_num_threads(threads)
+    paths = Paths(Path(root))
+    base = Params.model_validate_json(params_json)
+    params = base.model_copy(update={"seed": seed, "student": base.student.model_copy(update={"kind": kind})})
+    data, vocab, _ = load_distill_data(paths, params.student.context)
+    basis = torch.from_numpy(load_basis(paths.basis / "basis.json", params.student.n_qubits, vocab.digest()))
+    model = build_student(params, torch.tensor(vocab.counts, dtype=torch.float64), basis)
+    key = run_key({"model": name, "params": params.model_dump(exclude={"evaluate", "registry"}), "vocab": vocab.digest(),
+                   "basis": basis.tolist(), "n_train": len(data["train"].targets)})
+    result = train(model, data["train"], data["val"], params.train, seed, paths.checkpoints / f"{name}_s{seed}.safetensors",
+                   key, progress=progress)
+    save_student(model, Path(out_dir) / f"{name}-s{seed}", {"vocab": vocab.to_json(), "seed": seed, **extra_config})
+    return result
+
+
+def train_workers(n_jobs: int) -> int:
+    """Training processes: $QELM_TRAIN_WORKERS, else one per CPU core up to the number of jobs. Small
+    students run best on one thread each: on 2 cores, 2 workers x 1 thread beat 1 x 2 threads."""
+    import os
+
+    from qelm_core.config import ConfigError
+
+    value = os.environ.get("QELM_TRAIN_WORKERS", "")
+    if value and not (value.isdigit() and int(value) >= 1):
+        raise ConfigError(f"QELM_TRAIN_WORKERS={value!r}: give a whole number >= 1 (or unset it)")
+    return min(n_jobs, int(value) if value else (os.cpu_count() or 1))
+
+
+def _worker_init() -> None:
+    """Worker processes die with their parent (a SIGKILLed `qelm train` leaves no trainer behind) and
+    leave signals to it: a worker that died of the group's SIGTERM first would turn the parent's clean
+    unwinding into a broken-pool error."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and a group SIGTERM go to the parent, which
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ends the MLflow run and then kills its workers
+
+
+def train_all(root: Path, params, jobs: list[tuple[str, str, int]], out_dir: Path, extra_config: dict,
+              workers: int, progress=None, on_done=None) -> dict[tuple[str, int], TrainResult]:
+    """Every (name, kind, seed) job, longest first as listed; `workers` > 1: that many spawned processes
+    with cpu_count // workers torch threads each, else in this process -> {(name, seed): TrainResult}."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    import psutil
+
+    args = [(str(root), params.model_dump_json(), name, kind, seed, str(out_dir), extra_config) for name, kind, seed in jobs]
+    results = {}
+    if workers <= 1:
+        for a in args:
+            results[(a[2], a[4])] = train_job(*a, progress=progress)
+            if on_done:
+                on_done(a[2], a[4], results[(a[2], a[4])])
+        return results
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+    try:  # a worker that dies (OOM, kill) fails the stage with BrokenProcessPool instead of hanging it
+        pending = {(a[2], a[4]): pool.submit(train_job, *a, threads) for a in args}
+        for key, job in pending.items():
+            results[key] = job.result()
+            if on_done:
+                on_done(*key, results[key])
+    except BaseException:  # an error, SIGTERM, Ctrl-C: stop the other trainings now, not after they finish
+        for child in psutil.Process().children():
+            try:
+                if "--multiprocessing-fork" in child.cmdline():  # the pool's workers, not its resource tracker
+                    child.kill()
+            except psutil.Error:  # already gone
+                pass
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+def seed_summary(name: str, runs: dict[int, TrainResult], models: dict) -> dict:  # models: {seed: model}
+    """Mean and sd over seeds of the validation perplexity, and the seed chosen on it (never on test)."""
+    import statistics
+
+    from qelm_core.student import param_counts
+
+    best = min(runs, key=lambda s: runs[s].best_val_ppl)
+    vals = [r.best_val_ppl for r in runs.values()]
+    return {f"{name}_val_ppl": statistics.fmean(vals), f"{name}_val_ppl_sd": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            f"{name}_selected_seed": best, f"{name}_selected_val_ppl": runs[best].best_val_ppl,
+            f"{name}_train_loss": runs[best].final_train_loss, f"{name}_steps": runs[best].steps,
+            f"{name}_seconds": round(sum(r.seconds for r in runs.values()), 2),
+            f"{name}_samples_per_s": round(statistics.fmean(r.samples_per_s for r in runs.values()), 1),
+            **{f"{name}_params_{k}": v for k, v in param_counts(models[best]).items()}}

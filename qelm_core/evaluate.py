@@ -90,3 +90,20 @@ def noisy_subset(model, contexts, targets, positions: int, device_params, shots:
     tgt = np.asarray(targets)[pick.numpy()]
     zeros = int((target_probs(noisy, tgt) == 0).sum())
     return smooth(noisy, eps), exact, tgt, zeros
+
+
+def seed_stats(name: str, per_seed: list[dict[str, float]], ppl_unigram_: float, ppl_teacher: float) -> dict:
+    """Mean and sd over seeds of a trained model's scores and gap recovered: ppl_<name>, ppl_<name>_sd, ..."""
+    import statistics
+
+    def sd(values):
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+    out = {f"seeds_{name}": len(per_seed)}
+    for key in ("ppl", "top1", "top5"):
+        values = [s[key] for s in per_seed]
+        out.update({f"{key}_{name}": statistics.fmean(values), f"{key}_{name}_sd": sd(values)})
+    gaps = [gap_recovered(ppl_unigram_, s["ppl"], ppl_teacher) for s in per_seed]
+    suffix = "" if name == "quantum" else f"_{name}"
+    out.update({f"gap_recovered{suffix}": statistics.fmean(gaps), f"gap_recovered{suffix}_sd": sd(gaps)})
+    return out

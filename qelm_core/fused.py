@@ -25,7 +25,8 @@ Design (chosen by measurement against default.qubit backprop, which applies gate
     (no matmul at all). torch.compile did not help on CPU, so the function is plain eager torch.
   * CNOTs map basis states to basis states, so a run of them (the ring) is a permutation of the
     basis axis: composed at compile time into one index vector and applied as one gather, whose
-    backward is the gather with the inverse permutation (no scatter-add).
+    backward is the gather with the inverse permutation (no scatter-add). A run of CZs is diagonal:
+    one +-1 vector multiplied in (skipped when it is the last op, where |psi|^2 cannot see it).
   * Default dtype complex64 (float32 output): probabilities agree with default.qubit (complex128)
     to ~1e-7, gradients to ~1e-6 relative, at half the memory traffic. complex128 is available
     (float64 output) for exact comparisons.
@@ -93,7 +94,7 @@ def _kron(mats: torch.Tensor) -> torch.Tensor:
 
 
 def _compile_blocks(spec: CircuitSpec) -> list[tuple]:
-    """Group ops into ("single", [stage, ...]) and ("perm", index list) blocks.
+    """Group ops into ("single", [stage, ...]), ("perm", index list) and ("sign", +-1 vector) blocks.
 
     A stage is (kind, qubits, slots, layers) with one op of a single kind per qubit at most; the
     stages of a block are applied in order (later stages multiply from the left)."""
@@ -113,14 +114,20 @@ def _compile_blocks(spec: CircuitSpec) -> list[tuple]:
                 stages.append((kind, [], [], []))
             for lst, v in zip(stages[-1][1:], (q, s, l)):
                 lst.append(v)
-        elif kind == "cnot":
+        elif kind in ("cnot", "cz"):
             _, c, t = op
             if not (0 <= c < n and 0 <= t < n and c != t):
-                raise ValueError(f"op {op!r}: bad CNOT wires for n={n}")
-            if not blocks or blocks[-1][0] != "perm":
-                blocks.append(("perm", torch.arange(2**n)))
+                raise ValueError(f"op {op!r}: bad two-qubit wires for n={n}")
             x = torch.arange(2**n)
             cbit, tbit = 1 << (n - 1 - c), 1 << (n - 1 - t)
+            if kind == "cz":  # diagonal: -1 where both bits are set; a run of CZs is one sign vector
+                if not blocks or blocks[-1][0] != "sign":
+                    blocks.append(("sign", torch.ones(2**n)))
+                both = (x & cbit != 0) & (x & tbit != 0)
+                blocks[-1] = ("sign", torch.where(both, -blocks[-1][1], blocks[-1][1]))
+                continue
+            if not blocks or blocks[-1][0] != "perm":
+                blocks.append(("perm", torch.arange(2**n)))
             gate = torch.where(x & cbit != 0, x ^ tbit, x)  # self-inverse: new[x] = old[gate[x]]
             blocks[-1] = ("perm", blocks[-1][1][gate])
         else:
@@ -139,6 +146,12 @@ def compile_fused(spec: CircuitSpec, dtype: torch.dtype = torch.complex64, reado
     blocks = _compile_blocks(spec)
     # Fast path: a stage covering every wire in order needs no identity padding.
     full = [[tuple(st[1]) == tuple(range(n)) for st in b[1]] if b[0] == "single" else None for b in blocks]
+    # A block that is exactly one whole Rot layer (every wire, one (slot, layer)) takes its factors from
+    # one batched Kronecker product of all layers, computed once per call (fewer, larger torch ops).
+    layer_of = [(b[1][0][2][0], b[1][0][3][0]) if b[0] == "single" and len(b[1]) == 1 and b[1][0][0] == "rot"
+                and full[i][0] and len(set(b[1][0][2])) == 1 and len(set(b[1][0][3])) == 1 else None
+                for i, b in enumerate(blocks)]
+    batch_layers = sum(x is not None for x in layer_of) > 1
     x = torch.arange(2**n)
     signs = (1 - 2 * ((x[:, None] >> torch.arange(n - 1, -1, -1)) & 1)).to(real)  # (2^n, n) <Z_q> signs
     cache: dict[torch.device, list] = {}
@@ -151,6 +164,8 @@ def compile_fused(spec: CircuitSpec, dtype: torch.dtype = torch.complex64, reado
                     idx = b[1]
                     items.append((None if torch.equal(idx, x) else idx.to(device),
                                   torch.argsort(idx).to(device)))
+                elif b[0] == "sign":
+                    items.append(b[1].to(device=device, dtype=real))
                 else:
                     items.append([tuple(torch.tensor(v, device=device) for v in st[1:]) for st in b[1]])
             cache[device] = [items, torch.eye(2, dtype=dtype, device=device), signs.to(device)]
@@ -165,12 +180,21 @@ def compile_fused(spec: CircuitSpec, dtype: torch.dtype = torch.complex64, reado
         B, device = ang.shape[0], ang.device
         items, eye, sgn = consts(device)
         rots = _rot(weights.to(device=device, dtype=real), dtype)  # (k, L, n, 2, 2) shared
+        if batch_layers:  # (k, L, 2^h, 2^h) and (k, L, 2^(n-h), 2^(n-h)) = C^T of every layer
+            layer_a, layer_ct = _kron(rots[..., :h, :, :]), _kron(rots[..., h:, :, :].transpose(-1, -2))
         psi = None  # None = still |0...0>
-        for b, item, is_full in zip(blocks, items, full):
+        for i, (b, item, is_full, sl) in enumerate(zip(blocks, items, full, layer_of)):
             if b[0] == "perm":
                 idx, inv = item
                 if idx is not None and psi is not None:
                     psi = _Permute.apply(psi, idx, inv)
+                continue
+            if b[0] == "sign":
+                if psi is not None and i < len(blocks) - 1:  # signs right before |psi|^2 change nothing
+                    psi = psi * item
+                continue
+            if sl is not None and batch_layers and psi is not None:
+                psi = (layer_a[sl] @ psi.reshape(B, 2**h, 2 ** (n - h)) @ layer_ct[sl]).reshape(B, 2**n)
                 continue
             m = None  # merged per-wire matrices (.., n, 2, 2)
             for (kind, *_), (qs, ss, ls), all_wires in zip(b[1], item, is_full):

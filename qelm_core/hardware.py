@@ -1,7 +1,7 @@
 """What the student would cost on real quantum hardware: transpiled size and an estimated wall time.
 
 The circuit is built directly from `CircuitSpec.ops` with Qiskit gates (the same list the QNode and
-the fused engine compile): "data_ry" -> RY(x[s, q]), "rot" -> RY(a) RZ(b) RY(c), "cnot" -> CX, then
+the fused engine compile): "data_ry" -> RY(x[s, q]), "rot" -> RY(a) RZ(b) RY(c), "cnot" -> CX, "cz" -> CZ, then
 all wires measured. The data angles stay Qiskit Parameters: one transpiled template serves every test
 position (that is how it would run on hardware, with the angles bound per position); the trained
 circuit weights are bound when given, else they stay symbolic too.
@@ -10,7 +10,8 @@ circuit weights are bound when given, else they stay symbolic too.
 16 qubits; devices.py resolves the name) with a fixed seed and reports:
 
     hw_depth               depth of the transpiled circuit (measurements included)
-    hw_two_qubit_gates     two-qubit gates after routing (the spec's CNOTs plus the SWAPs' CXs)
+    hw_two_qubit_gates     two-qubit gates after routing (the spec's CNOTs/CZs plus the SWAPs', in the
+                           backend's native two-qubit gate)
     hw_gates               all gates after transpilation (measurements, barriers and delays excluded)
     hw_circuit_seconds     ESTIMATE of one shot's duration: the longest path through the transpiled
                            circuit with the backend's instruction durations (`backend.target`);
@@ -75,6 +76,8 @@ def qiskit_circuit(spec: CircuitSpec, weights=None):
             qc.ry(weight(s, l, q, 2), q)
         elif kind == "cnot":
             qc.cx(op[1], op[2])
+        elif kind == "cz":
+            qc.cz(op[1], op[2])
         else:
             raise ValueError(f"unknown op {op!r}")
     qc.measure(range(n), range(n))
@@ -135,10 +138,10 @@ def cost_report(spec: CircuitSpec, backend_name: str, shots: int, positions: int
     shots_total = int(shots) * int(positions)
     return {"hw_backend": backend_name, "hw_optimization_level": optimization_level, "hw_qubits": spec.n_qubits,
             "hw_backend_qubits": int(backend.num_qubits), "hw_depth": int(tqc.depth()),
-            "hw_two_qubit_gates": int(two_qubit), "hw_gates": int(gates), "hw_spec_cnots": count_cnots(spec),
+            "hw_two_qubit_gates": int(two_qubit), "hw_gates": int(gates), "hw_spec_two_qubit_gates": count_two_qubit_gates(spec),
             "hw_circuit_seconds": duration, "hw_shot_overhead_seconds": per_shot, "hw_shots_total": shots_total,
             "hw_est_seconds": shots_total * ((duration or 0.0) + per_shot)}
 
 
-def count_cnots(spec: CircuitSpec) -> int:
-    return sum(1 for op in spec.ops if op[0] == "cnot")
+def count_two_qubit_gates(spec: CircuitSpec) -> int:
+    return sum(1 for op in spec.ops if op[0] in ("cnot", "cz"))

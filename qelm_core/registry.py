@@ -1,6 +1,7 @@
 """Alias-based promotion: `challenger` replaces `champion` only when it is better on the same test data.
 
-The decision is plain Python over the versions' tags (ppl_quantum, test_data_hash); tracking.py
+The decision is plain Python over the versions' tags (ppl_test: the version's own test
+perplexity; test_data_hash); tracking.py
 does the MLflow calls. Nothing moves unless every check passed, so a refused promotion leaves the
 registry exactly as it was.
 """
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from qelm_core import tracking
 from qelm_core.config import QelmError
 
-GATED_METRIC = "ppl_quantum"  # lower is better
+GATED_METRIC = "ppl_test"  # the registered model's own test perplexity (not the mean over seeds); lower is better
 
 
 class PromotionError(QelmError):
@@ -22,7 +23,7 @@ class PromotionError(QelmError):
 class Decision:
     promote: bool
     reason: str
-    rows: list[tuple[str, str, str, str]]  # (alias, version, ppl_quantum, test_data_hash)
+    rows: list[tuple[str, str, str, str]]  # (alias, version, ppl_test, test_data_hash)
 
 
 def _row(alias: str, version) -> tuple[str, str, str, str]:

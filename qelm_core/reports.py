@@ -12,7 +12,10 @@ def model_card(params: Params, m: dict, cfg: dict) -> str:
             ("**quantum student**", "ppl_quantum", "top1_quantum",
              m["params_embedding"] + m["params_quantum_circuit"] + m["params_quantum_classical"]),
             ("teacher (projected)", "ppl_teacher", "top1_teacher", m["params_teacher"])]
-    table = "\n".join(f"| {name} | {m[p]:.2f} | {m[a]:.3f} | {c} |" for name, p, a, c in rows)
+    def cell(key: str, digits: int) -> str:  # mean +- sd over seeds for the trained models
+        return f"{m[key]:.{digits}f}" + (f" ± {m[key + '_sd']:.{digits}f}" if key + "_sd" in m else "")
+
+    table = "\n".join(f"| {name} | {cell(p, 2)} | {cell(a, 3)} | {c} |" for name, p, a, c in rows)
     noisy = ""
     if "ppl_quantum_noisy" in m:
         noisy = (f"\nOn the fake noisy backend {params.evaluate.noisy_backend} with {params.evaluate.shots} shots, on "
@@ -27,14 +30,18 @@ def model_card(params: Params, m: dict, cfg: dict) -> str:
 - **Teacher**: `{params.teacher.model}` ({m['params_teacher']:,} parameters, {m['bytes_teacher']:,} bytes as shipped),
   distributions projected onto the student vocabulary.
 - **Circuit**: {n} qubits Born machine, context {sp.context} tokens, {sp.layers} trainable layers per token
-  (Rot + CNOT ring), encoding `{sp.encoding}`, log-bias {sp.log_bias}; {m['params_quantum_circuit']} circuit
+  (Y-Z-Y rotations + {sp.entangler.upper()} ring), encoding `{sp.encoding}`, basis assignment `{sp.assignment}`,
+  log-bias {sp.log_bias}; {m['params_quantum_circuit']} circuit
   parameters + {m['params_embedding']} embedding angles + {m['params_quantum_classical']} classical.
 - **Device**: trained on `{params.device.name}`; file `model.safetensors` {m['bytes_student']:,} bytes.
-- **Distillation**: alpha={params.train.alpha}, T={params.train.temperature}, {params.train.steps} steps.
+- **Distillation**: alpha={params.train.alpha}, T={params.train.temperature}, {params.train.steps} steps,
+  {params.train.schedule} lr from {params.train.lr}; {params.train.seeds} seeds per student (mean ± sd below);
+  this file is seed {m['selected_seed']} (best validation perplexity): test perplexity {m['ppl_quantum_selected']:.2f}.
 
 | model | test perplexity | top-1 | parameters |
 |---|---|---|---|
 {table}
 
-Gap recovered (0 = unigram, 1 = teacher): quantum {m['gap_recovered']:.3f}, classical {m['gap_recovered_classical']:.3f}.
+Gap recovered (0 = unigram, 1 = teacher): quantum {cell('gap_recovered', 3)}, classical
+{cell('gap_recovered_classical', 3)}; quantum / classical perplexity {m['ppl_ratio_quantum_classical']:.3f}.
 {noisy}"""

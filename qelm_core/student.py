@@ -4,10 +4,9 @@ Common interface: `forward(context_ids (B, k) long) -> log_probs (B, V)`, V = 2^
 the log of a distribution that sums to 1. Vocabulary ids are sorted by descending train frequency and
 id 0 is the OTHER bucket (the most frequent).
 
-Vocabulary -> basis states: id i is read out from basis state `basis_order(n)[i]`, the basis states
-sorted by (Hamming weight, integer value): id 0 -> |0...0>, ids 1..n -> the weight-1 states, then
-weight 2, ... So frequent ids sit on states that are few bit-flips from |0...0>, which is where a
-near-identity circuit fed small angles puts its probability mass at init.
+Vocabulary -> basis states: id i is read out from basis state `basis[i]`, a fixed permutation computed
+from train data by `qelm assign` (qelm_core/basis.py; default: balanced bisection on left contexts,
+so tokens that share a bit prefix follow similar contexts). It is a buffer saved with the weights.
 
 Weights are saved as safetensors + config.json (never pickle); see save_student / load_student.
 """
@@ -22,28 +21,24 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .basis import hamming_order
 from .circuits import ansatz, build_qnode
 from .config import ConfigError, DeviceParams, Params, QelmError, StudentParams
 from .devices import diff_method_for, is_exact_simulator, make_device
 from .fused import compile_fused
 from .io import atomic_dir, atomic_write_json
 
+STUDENT_KEYS = ("n_qubits", "context", "layers", "encoding", "log_bias", "assignment", "entangler", "engine",
+                "classical_dim")  # what config.json records to rebuild the model
 PROB_FLOOR = 1e-12  # probabilities are floored before the log so the NLL stays finite
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
-FORMAT = "qelm-student/1"
+FORMAT = "qelm-student/2"  # /2: the basis map is saved with the weights
 
 
-def basis_order(n_qubits: int) -> torch.Tensor:
-    """(V,) long: vocab id -> basis-state index, by increasing Hamming weight, ties by value."""
-    order = sorted(range(2**n_qubits), key=lambda b: (bin(b).count("1"), b))
-    return torch.tensor(order, dtype=torch.long)
-
-
-def basis_bits(n_qubits: int) -> torch.Tensor:
-    """(V, n) float: bit of wire q (wire 0 = most significant) of each vocab id's basis state."""
-    states = basis_order(n_qubits)
-    shifts = torch.arange(n_qubits - 1, -1, -1)
-    return ((states[:, None] >> shifts) & 1).to(torch.float32)
+def basis_bits(basis: torch.Tensor, n_qubits: int) -> torch.Tensor:
+    """(V,) basis states -> (V, n) float: bit of wire q (wire 0 = most significant) of each id's state."""
+    shifts = torch.arange(n_qubits - 1, -1, -1, device=basis.device)
+    return ((basis[:, None] >> shifts) & 1).to(torch.float32)
 
 
 def quantum_param_count(sp: StudentParams) -> int:
@@ -62,20 +57,22 @@ def _check_ids(context_ids: torch.Tensor, context: int, vocab: int) -> None:
 
 
 class QuantumStudent(nn.Module):
-    """Born machine p(next | context) = |<x|U(context)|0>|^2, read through `basis_order`.
+    """Born machine p(next | context) = |<basis[next]|U(context)|0>|^2 (times exp(log_bias), renormalised).
 
     Encoding: "embedding" = a trainable (V, n) table of RY angles. Init: N(0, s_i) with s_i from 0.05
     (most frequent id) to 0.5 (rarest), rank taken from `unigram_counts` if given, else from the id
     (ids are frequency-sorted). Frequent contexts therefore start near |0...0>, so with the
     near-identity layers the init distribution favours id 0 and the low-Hamming-weight (frequent)
     ids; rarer ids get larger angles so that different contexts are distinguishable from step 0.
-    "bits" = fixed angles pi * bit_q of the token's basis state (the same permutation as the output).
-    Circuit weights (context, layers, n, 3) ~ N(0, 0.02): near identity. `log_bias` (V,), zeros at
+    "bits" = fixed angles pi * bit_q of the token's basis state (the same map as the output).
+    Circuit weights (context, layers, n, 3) ~ N(0, 0.02): near identity. `basis` (V,): the read-out map
+    (default: Hamming order, basis.hamming_order). `log_bias` (V,), zeros at
     init, is added to the log-probs before renormalising (a classical correction, counted as such).
     """
 
     def __init__(self, params: StudentParams, device_params: DeviceParams | None = None,
-                 unigram_counts: torch.Tensor | None = None, generator: torch.Generator | None = None):
+                 unigram_counts: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 basis: torch.Tensor | None = None):
         super().__init__()
         self.params = params
         self.device_params = device_params or DeviceParams()
@@ -83,8 +80,11 @@ class QuantumStudent(nn.Module):
             raise ConfigError(f"student.engine: fused simulates the circuit itself and cannot run on "
                               f"{self.device_params.name} (shots={self.device_params.shots}); set student.engine: pennylane")
         n, V = params.n_qubits, 2**params.n_qubits
-        self.spec = ansatz(n, params.context, params.layers)
-        self.register_buffer("basis", basis_order(n), persistent=False)  # (V,)
+        self.spec = ansatz(n, params.context, params.layers, params.entangler)
+        basis = torch.as_tensor(hamming_order(n) if basis is None else basis, dtype=torch.long)
+        if sorted(basis.tolist()) != list(range(V)):
+            raise QelmError(f"student: basis must be a permutation of the {V} basis states")
+        self.register_buffer("basis", basis.clone())  # (V,) saved with the weights
         if params.encoding == "embedding":
             if unigram_counts is not None:
                 counts = torch.as_tensor(unigram_counts, dtype=torch.float64).flatten()
@@ -97,7 +97,7 @@ class QuantumStudent(nn.Module):
             self.embedding = nn.Parameter(torch.randn(V, n, generator=generator) * std[:, None])  # (V, n)
         else:
             self.embedding = None
-            self.register_buffer("bit_angles", math.pi * basis_bits(n), persistent=False)  # (V, n)
+            self.register_buffer("bit_angles", math.pi * basis_bits(self.basis, n), persistent=False)  # (V, n)
         self.circuit_weights = nn.Parameter(0.02 * torch.randn(self.spec.weight_shape, generator=generator))
         self.log_bias = nn.Parameter(torch.zeros(V)) if params.log_bias else None
 
@@ -188,12 +188,13 @@ def param_counts(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def build_student(params: Params, unigram_counts: torch.Tensor | None = None) -> nn.Module:
+def build_student(params: Params, unigram_counts: torch.Tensor | None = None,
+                  basis: torch.Tensor | None = None) -> nn.Module:
     """The student named by params.student, deterministically initialised from params.seed."""
     g = torch.Generator().manual_seed(params.seed)
     sp = params.student
     if sp.kind == "quantum":
-        model = QuantumStudent(sp, params.device, unigram_counts, generator=g)
+        model = QuantumStudent(sp, params.device, unigram_counts, generator=g, basis=basis)
     else:
         model = ClassicalStudent(sp, quantum_param_count(sp), generator=g)
     return model.to(params.device.torch_device)
@@ -229,8 +230,7 @@ def predict_probs(model: nn.Module, context_ids: torch.Tensor, device_params: De
 def _core_config(model: nn.Module) -> dict:
     sp = model.params
     kind = "quantum" if isinstance(model, QuantumStudent) else "classical"
-    cfg = {"format": FORMAT, "kind": kind, "n_qubits": sp.n_qubits, "context": sp.context, "layers": sp.layers,
-           "encoding": sp.encoding, "log_bias": sp.log_bias, "engine": sp.engine, "classical_dim": sp.classical_dim,
+    cfg = {"format": FORMAT, "kind": kind, **{k: getattr(sp, k) for k in STUDENT_KEYS},
            "param_counts": param_counts(model)}
     if kind == "classical":
         cfg["param_budget"] = model.param_budget  # the quantum count it was matched to
@@ -244,7 +244,7 @@ def save_student(model: nn.Module, folder: str | Path, extra_config: dict | None
     if clash:
         raise ValueError(f"extra_config may not override {sorted(clash)}")
     cfg.update(extra_config or {})
-    tensors = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters()}
+    tensors = {name: p.detach().cpu().contiguous() for name, p in model.state_dict().items()}  # + the basis
     with atomic_dir(folder) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "qelm": FORMAT})
         atomic_write_json(tmp / CONFIG_FILE, cfg)
@@ -270,23 +270,26 @@ def load_student(folder: str | Path, device_params: DeviceParams | None = None) 
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise QelmError(f"{cfg_path}: not a {FORMAT} config; {fix}")
     try:
-        sp = StudentParams(**{k: cfg[k] for k in ("kind", "n_qubits", "context", "layers", "encoding",
-                                                   "log_bias", "engine", "classical_dim")})
+        sp = StudentParams(**{k: cfg[k] for k in ("kind", *STUDENT_KEYS)})
     except KeyError as err:
         raise QelmError(f"{cfg_path}: missing key {err}; {fix}") from None
     except ValueError as err:  # pydantic ValidationError
         raise QelmError(f"{cfg_path}: invalid student config ({str(err).splitlines()[0]}); {fix}") from None
 
-    if sp.kind == "quantum":
-        model = QuantumStudent(sp, device_params or DeviceParams())
-    else:
-        model = ClassicalStudent(sp, cfg.get("param_budget", 0))
     try:
         state = load_file(str(w_path))
     except (SafetensorError, OSError) as err:
         raise QelmError(f"{w_path}: corrupt or truncated safetensors file ({_first_line(err)}); {fix}") from None
+    if sp.kind == "quantum":
+        basis = state.get("basis")
+        if basis is not None and (basis.shape != (2**sp.n_qubits,) or
+                                  sorted(basis.tolist()) != list(range(2**sp.n_qubits))):
+            raise QelmError(f"{w_path}: basis is not a permutation of the {2**sp.n_qubits} basis states; {fix}")
+        model = QuantumStudent(sp, device_params or DeviceParams(), basis=basis)  # basis first: bits encoding
+    else:
+        model = ClassicalStudent(sp, cfg.get("param_budget", 0))
 
-    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [f"{k} {tuple(state[k].shape)} vs {expected[k]}" for k in sorted(set(expected) & set(state))

@@ -4,22 +4,23 @@ import pennylane as qml
 import pytest
 import torch
 
-from qelm_core.circuits import ansatz, build_qnode, cnot_ring, draw_circuit_png, example_inputs, rot_matrices
+from qelm_core.circuits import ansatz, build_qnode, ring, draw_circuit_png, example_inputs, rot_matrices
 
 
 def _qnode(spec, diff_method="backprop", rot_impl=None):
     return build_qnode(spec, qml.device("default.qubit", wires=spec.n_qubits), diff_method, rot_impl=rot_impl)
 
 
-def test_ansatz_structure():
-    spec = ansatz(3, context=2, layers=2)
+@pytest.mark.parametrize("entangler", ["cz", "cnot"])
+def test_ansatz_structure(entangler):
+    spec = ansatz(3, context=2, layers=2, entangler=entangler)
     kinds = [op[0] for op in spec.ops]
     assert kinds.count("data_ry") == 2 * 3
     assert kinds.count("rot") == 2 * 2 * 3
-    assert kinds.count("cnot") == 2 * 2 * 3
+    assert kinds.count(entangler) == 2 * 2 * 3 and spec.entangler == entangler
     assert spec.ops[:3] == (("data_ry", 0, 0), ("data_ry", 1, 0), ("data_ry", 2, 0))  # slot 0 (oldest) first
     assert spec.weight_shape == (2, 2, 3, 3) and spec.n_weights == 36 and spec.angle_shape == (2, 3)
-    assert cnot_ring(1) == [] and cnot_ring(2) == [(0, 1)] and cnot_ring(3) == [(0, 1), (1, 2), (2, 0)]
+    assert ring(1) == [] and ring(2) == [(0, 1)] and ring(3) == [(0, 1), (1, 2), (2, 0)]
 
 
 def test_rot_matrix_is_ry_rz_ry():
@@ -46,11 +47,12 @@ def test_probs_shape_broadcast_and_both_compilations_agree(n):
     assert torch.allclose(p_matrix, single, atol=1e-12)
 
 
+@pytest.mark.parametrize("entangler", ["cz", "cnot"])
 @pytest.mark.parametrize("n", [1, 2, 3])
 @pytest.mark.parametrize("first_slot", ["random", "bits"])
-def test_every_weight_has_a_gradient(n, first_slot):
-    # With qml.Rot (RZ RY RZ) the last layer's third angle would be dead: RZ then a CNOT ring then probs.
-    spec = ansatz(n, context=2, layers=2)
+def test_every_weight_has_a_gradient(n, first_slot, entangler):
+    # With qml.Rot (RZ RY RZ) the last layer's third angle would be dead: RZ then a ring then probs.
+    spec = ansatz(n, context=2, layers=2, entangler=entangler)
     g = torch.Generator().manual_seed(10 + n)
     angles = torch.rand(6, *spec.angle_shape, generator=g, dtype=torch.float64) * math.pi
     if first_slot == "bits":  # bits encoding: slot 0 prepares an exact basis state

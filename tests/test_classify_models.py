@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from qelm_core.classify.config import StudentParams
-from qelm_core.circuits import ansatz
-from qelm_core.classify.models import (LinearClassifier, MLPClassifier, QuantumClassifier, build_model, classifier_spec,
-                                       load_model, mlp_hidden_for, param_counts, quantum_param_count, save_model, z_qnode)
+from qelm_core.circuits import CircuitSpec, ansatz
+from qelm_core.classify.models import (ENTANGLERS, LinearClassifier, MLPClassifier, QuantumClassifier, build_model,
+                                       classifier_spec, load_model, mlp_hidden_for, param_counts, quantum_param_count,
+                                       save_model, z_qnode)
 from qelm_core.config import QelmError
 
 
@@ -38,7 +39,7 @@ def test_readout_shapes_and_ranges():
         model(torch.zeros(7, 15))
 
 
-@pytest.mark.parametrize("entangler", ["brick", "ring"])
+@pytest.mark.parametrize("entangler", ENTANGLERS)
 @pytest.mark.parametrize("n,layers,classes", [(11, 3, 2), (11, 3, 5), (4, 1, 3), (3, 4, 2), (2, 2, 2)])
 def test_every_parameter_has_a_nonzero_gradient(n, layers, classes, entangler):
     """Every single entry of every parameter tensor gets gradient (no dead gate in the block order)."""
@@ -80,7 +81,8 @@ def test_a_commuting_last_block_would_be_caught():
     assert torch.all(w.grad[0].abs() > 1e-9)  # earlier block: alive
 
 
-@pytest.mark.parametrize("n,layers,entangler", [(4, 2, "brick"), (5, 3, "ring"), (11, 3, "brick")])
+@pytest.mark.parametrize("n,layers,entangler", [(4, 2, "brick"), (5, 3, "ring"), (11, 3, "brick"), (4, 2, "cz_brick"),
+                                                (5, 3, "cz_ring"), (11, 3, "cz_brick")])
 def test_fused_matches_pennylane_default_qubit(n, layers, entangler):
     model = QuantumClassifier(d=10, n_classes=3, n_qubits=n, layers=layers, entangler=entangler,
                               generator=torch.Generator().manual_seed(3))
@@ -100,11 +102,48 @@ def test_fused_matches_pennylane_default_qubit(n, layers, entangler):
 
 
 def test_brick_entangler_pairs():
-    cnots = [op[1:] for op in classifier_spec(5, 3).ops if op[0] == "cnot"]
+    cnots = [op[1:] for op in classifier_spec(5, 3, "brick").ops if op[0] == "cnot"]
     assert cnots == [(0, 1), (2, 3), (1, 2), (3, 4), (0, 1), (2, 3)]
-    cnots = [op[1:] for op in classifier_spec(4, 2).ops if op[0] == "cnot"]
+    cnots = [op[1:] for op in classifier_spec(4, 2, "brick").ops if op[0] == "cnot"]
     assert cnots == [(0, 1), (2, 3), (1, 2), (3, 0)]  # even n closes the ring in odd layers
-    assert classifier_spec(5, 2, "ring").ops == ansatz(5, 1, 2).ops
+    assert classifier_spec(5, 2, "ring").ops == ansatz(5, 1, 2, entangler="cnot").ops
+    with pytest.raises(ValueError, match="entangler must be one of"):
+        classifier_spec(5, 2, "cz")
+    assert classifier_spec(5, 3) == classifier_spec(5, 3, "cz_brick") == build_model(
+        "quantum", 4, 2, StudentParams(n_qubits=5, layers=3)).spec  # the default, picked on validation accuracy
+
+
+def test_cz_entangler_pairs_skip_the_last_block():
+    """The CZ variants use the same pairs as CZs, between the rotation blocks only."""
+    spec = classifier_spec(5, 3, "cz_brick")
+    assert [op[0] for op in spec.ops if op[0] in ("cnot", "cz")] == ["cz"] * 4
+    assert [op[1:] for op in spec.ops if op[0] == "cz"] == [(0, 1), (2, 3), (1, 2), (3, 4)]
+    assert spec.ops[-5:] == tuple(("rot", q, 0, 2) for q in range(5))  # the read-out follows the last block
+    czs = [op[1:] for op in classifier_spec(4, 3, "cz_ring").ops if op[0] == "cz"]
+    assert czs == [(0, 1), (1, 2), (2, 3), (3, 0)] * 2
+    assert not any(op[0] == "cz" for op in classifier_spec(4, 1, "cz_brick").ops)  # one block: a product circuit
+    assert classifier_spec(4, 2, "cz_brick").entangler == "cz" and classifier_spec(4, 2, "brick").entangler == "cnot"
+
+
+@pytest.mark.parametrize("entangler", ["cz_brick", "cz_ring"])
+def test_a_final_cz_layer_would_change_nothing(entangler):
+    """Why the CZ variants stop after the last block: CZ is diagonal, so it commutes with every Z_q and
+    <Z_q> (and every gradient) is the same with or without a CZ layer in front of the read-out."""
+    model = QuantumClassifier(d=8, n_classes=2, n_qubits=5, layers=3, entangler=entangler,
+                              generator=torch.Generator().manual_seed(5))
+    pairs = [op[1:] for op in model.spec.ops if op[0] == "cz"][:5 if entangler == "cz_ring" else 2]
+    longer = CircuitSpec(5, 1, 3, model.spec.ops + tuple(("cz", a, b) for a, b in pairs), "cz")
+    x, _ = _batch(8, 2, b=6, seed=6)
+    angles = model.angles(x)[:, None, :].detach().double()
+    w = model.circuit_weights.detach().double()
+    outs = []
+    for spec in (model.spec, longer):
+        w_ = w.clone().requires_grad_()
+        z = z_qnode(spec, qml.device("default.qubit", wires=5), diff_method="backprop")(angles, w_)
+        (z * torch.arange(1.0, 6.0, dtype=torch.float64)).sum().backward()
+        outs.append((z.detach(), w_.grad))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-12, rtol=0)
+    torch.testing.assert_close(outs[0][1], outs[1][1], atol=1e-12, rtol=0)
 
 
 def test_parameter_budget_and_counts():

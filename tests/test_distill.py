@@ -6,7 +6,7 @@ import torch
 
 from qelm_core.config import parse_params
 from qelm_core.data import contexts
-from qelm_core.distill import SplitData, kd_loss, load_checkpoint, train
+from qelm_core.distill import SplitData, checkpoint_state, kd_loss, load_checkpoint, lr_schedule, train
 from qelm_core.student import build_student
 
 
@@ -50,10 +50,11 @@ def test_distillation_brings_the_student_closer_to_the_teacher(tmp_path):
     assert kl[0.9] < kl[0.0]
 
 
-def test_killed_training_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_killed_training_resumes_to_the_same_weights(tmp_path, schedule):
     train_data, _ = markov_data(300, 8, seed=0)
     val_data, _ = markov_data(100, 8, seed=1)
-    params = tiny_params()
+    params = tiny_params(schedule=schedule)
 
     reference = build_student(params)
     train(reference, train_data, val_data, params.train, 0, tmp_path / "ref.safetensors", "k")
@@ -88,3 +89,36 @@ def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path):
     train(alone, train_data, train_data, params.train, 0, tmp_path / "alone.safetensors", "run-b")
     for a, b in zip(other.parameters(), alone.parameters()):  # same as a run that never saw run-a
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_cosine_schedule_decays_to_zero_and_its_state_is_checkpointed(tmp_path):
+    train_data, _ = markov_data(200, 8, seed=0)
+    params = tiny_params(schedule="cosine", steps=20)
+    model = build_student(params)
+    train(model, train_data, train_data, params.train, 0, tmp_path / "c.safetensors", "k")
+    state = checkpoint_state(tmp_path / "c.safetensors")
+    assert state["scheduler"]["last_epoch"] == 20 and state["scheduler"]["_last_lr"][0] == pytest.approx(0, abs=1e-12)
+    opt = torch.optim.Adam(build_student(params).parameters(), lr=0.05)
+    sched = lr_schedule(opt, params.train)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(20):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == 0.05 and lrs[10] == pytest.approx(0.025) and all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert lr_schedule(opt, tiny_params(schedule="constant").train) is None
+
+
+def test_train_workers_default_and_override(monkeypatch):
+    import os
+
+    from qelm_core.config import ConfigError
+    from qelm_core.distill import train_workers
+
+    monkeypatch.delenv("QELM_TRAIN_WORKERS", raising=False)
+    assert train_workers(6) == min(6, os.cpu_count() or 1) and train_workers(1) == 1
+    monkeypatch.setenv("QELM_TRAIN_WORKERS", "1")
+    assert train_workers(6) == 1
+    monkeypatch.setenv("QELM_TRAIN_WORKERS", "two")
+    with pytest.raises(ConfigError, match="QELM_TRAIN_WORKERS='two'"):
+        train_workers(6)

@@ -4,14 +4,15 @@ import pytest
 
 from qelm_core.circuits import ansatz
 from qelm_core.config import QelmError
-from qelm_core.hardware import count_cnots, cost_report, qiskit_circuit
+from qelm_core.hardware import count_two_qubit_gates, cost_report, qiskit_circuit
 
 
-def test_qiskit_circuit_is_the_spec_gate_for_gate():
-    spec = ansatz(3, 2, 2)
+@pytest.mark.parametrize("entangler, gate", [("cz", "cz"), ("cnot", "cx")])
+def test_qiskit_circuit_is_the_spec_gate_for_gate(entangler, gate):
+    spec = ansatz(3, 2, 2, entangler)
     ops = qiskit_circuit(spec).count_ops()
     n_rot = sum(1 for op in spec.ops if op[0] == "rot")
-    assert ops["cx"] == count_cnots(spec) == 2 * 2 * 3
+    assert ops[gate] == count_two_qubit_gates(spec) == 2 * 2 * 3
     assert ops["ry"] == 2 * 3 + 2 * n_rot and ops["rz"] == n_rot and ops["measure"] == 3
     bound = qiskit_circuit(spec, np.zeros(spec.weight_shape))
     assert len(bound.parameters) == spec.context * spec.n_qubits  # only the data angles stay symbolic
@@ -22,7 +23,7 @@ def test_cost_report_of_a_tiny_spec():
     weights = np.random.default_rng(0).normal(size=spec.weight_shape)
     m = cost_report(spec, "FakeGuadalupeV2", shots=1000, positions=7, optimization_level=1, seed=0, weights=weights)
     assert m["hw_backend"] == "FakeGuadalupeV2" and m["hw_backend_qubits"] == 16
-    assert m["hw_depth"] > 0 and m["hw_gates"] >= m["hw_two_qubit_gates"] >= count_cnots(spec) == 8
+    assert m["hw_depth"] > 0 and m["hw_gates"] >= m["hw_two_qubit_gates"] >= count_two_qubit_gates(spec) == 8
     assert m["hw_shots_total"] == 7000
     assert 0 < m["hw_circuit_seconds"] < 1e-2  # microseconds, from the backend's instruction durations
     assert m["hw_est_seconds"] == pytest.approx(7000 * (m["hw_circuit_seconds"] + m["hw_shot_overhead_seconds"]))
@@ -47,5 +48,5 @@ def test_eval_json_holds_the_hardware_cost(tiny_repo):
 
     m = json.loads((tiny_repo / "metrics" / "eval.json").read_text())
     assert m["hw_backend"] == "FakeGuadalupeV2" and m["hw_qubits"] == 4
-    assert m["hw_depth"] > 0 and m["hw_two_qubit_gates"] >= m["hw_spec_cnots"] == 2 * 2 * 4
+    assert m["hw_depth"] > 0 and m["hw_two_qubit_gates"] >= m["hw_spec_two_qubit_gates"] == 2 * 2 * 4
     assert m["hw_shots_total"] == 500 * m["test_tokens"] and m["hw_est_seconds"] > 0

@@ -82,7 +82,7 @@ def test_register_promote_load_against_postgres_server(mlflow_server, tmp_path, 
     for ppl in (10.0, 9.0):
         with mlflow.start_run():
             uri = tracking.log_student_model(tmp_path / "student", 8, 2)
-        with tracking.registered_version(uri, "qelm-student", {"ppl_quantum": str(ppl), "test_data_hash": "h"}):
+        with tracking.registered_version(uri, "qelm-student", {"ppl_test": str(ppl), "test_data_hash": "h"}):
             assert promote("qelm-student").promote
     assert str(tracking.alias_version("qelm-student", "champion").version) == "2"
     model = tracking.load_registered("models:/qelm-student@champion")

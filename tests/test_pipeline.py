@@ -8,7 +8,9 @@ import pytest
 EVAL_KEYS = ["ppl_quantum", "ppl_quantum_noisy", "ppl_quantum_exact_subset", "ppl_classical", "ppl_uniform",
              "ppl_unigram", "ppl_bigram", "ppl_teacher", "params_quantum_circuit", "params_embedding",
              "params_classical", "params_teacher", "bytes_student", "bytes_teacher", "gap_recovered",
-             "top1_quantum", "top5_quantum", "top1_classical", "top1_teacher", "top1_bigram", "top1_unigram"]
+             "top1_quantum", "top5_quantum", "top1_classical", "top1_teacher", "top1_bigram", "top1_unigram",
+             "ppl_quantum_sd", "ppl_classical_sd", "gap_recovered_sd", "seeds_quantum", "seeds_classical",
+             "ppl_quantum_selected", "ppl_ratio_quantum_classical", "hw_spec_two_qubit_gates"]
 
 
 @pytest.mark.slow
@@ -21,6 +23,14 @@ def test_eval_metrics_hold_every_key_beside_baselines(tiny_repo):
     assert m["bytes_student"] == (tiny_repo / "models" / "student" / "model.safetensors").stat().st_size
     train = json.loads((tiny_repo / "metrics" / "train.json").read_text())
     assert train["student_steps"] == 30 and np.isfinite(train["student_val_ppl"])
+    # every seed of both kinds was trained and evaluated; the selected one is the best on validation
+    assert m["seeds_quantum"] == m["seeds_classical"] == train["seeds"] == 3 and m["ppl_quantum_sd"] > 0
+    seeds = sorted(p.name for p in (tiny_repo / "models" / "seeds").iterdir())
+    assert seeds == [f"{k}-s{s}" for k in ("classical", "student") for s in (0, 1, 2)]
+    assert m["selected_seed"] == train["student_selected_seed"]
+    assert json.loads((tiny_repo / "models" / "student" / "config.json").read_text())["seed"] == m["selected_seed"]
+    basis = json.loads((tiny_repo / "data" / "basis" / "basis.json").read_text())
+    assert basis["method"] == "meaning" and sorted(basis["basis"]) == list(range(16))
     card = (tiny_repo / "reports" / "model_card.md").read_text()
     assert "unigram" in card and "classical student" in card and "teacher" in card
     assert (tiny_repo / "plots" / "eval_perplexity.png").stat().st_size > 1000

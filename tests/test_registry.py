@@ -11,7 +11,7 @@ from qelm_core.serving import context_ids_body, model_server, post
 
 
 def version(number, ppl, data="h1"):
-    return SimpleNamespace(version=str(number), tags={"ppl_quantum": str(ppl), "test_data_hash": data})
+    return SimpleNamespace(version=str(number), tags={"ppl_test": str(ppl), "test_data_hash": data})
 
 
 def test_first_model_becomes_champion():
@@ -60,7 +60,7 @@ def test_registry_gate_load_and_rest_serving(tmp_path, monkeypatch):
 
         with mlflow.start_run():
             model_uri = tracking.log_student_model(tmp_path / "student", 8, 2)
-        with tracking.registered_version(model_uri, "qelm-student", {"ppl_quantum": str(ppl),
+        with tracking.registered_version(model_uri, "qelm-student", {"ppl_test": str(ppl),
                                                                      "test_data_hash": data}) as number:
             return number
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from qelm_core.config import DeviceParams, QelmError, StudentParams, parse_params
-from qelm_core.student import (ClassicalStudent, QuantumStudent, basis_order, build_student, load_student,
+from qelm_core.student import (ClassicalStudent, QuantumStudent, build_student, load_student,
                                param_counts, predict_probs, quantum_param_count, save_student)
 
 
@@ -19,14 +19,6 @@ def all_ids(V: int, k: int, extra: int = 8, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     cover = torch.stack([torch.roll(torch.arange(V), s) for s in range(k)], dim=1)  # (V, k)
     return torch.cat([cover, torch.randint(0, V, (extra, k), generator=g)])
-
-
-def test_basis_order():
-    order = basis_order(4).tolist()
-    assert sorted(order) == list(range(16)) and order[0] == 0
-    weights = [bin(b).count("1") for b in order]
-    assert weights == sorted(weights)
-    assert order[1:5] == [1, 2, 4, 8]  # weight-1 states, ties by integer value
 
 
 @pytest.mark.parametrize("engine", ["pennylane", "fused"])

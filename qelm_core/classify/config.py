@@ -81,8 +81,10 @@ class TeacherHeadParams(_Strict):
 class StudentParams(_Strict):
     features: Literal["minilm", "teacher"] = "minilm"  # what the students read
     n_qubits: int = Field(11, ge=1, le=16)
-    layers: int = Field(3, ge=1)  # trainable Y-Z-Y blocks, each followed by one entangling layer
-    entangler: Literal["brick", "ring"] = "brick"  # brick: alternating CNOT pairs; ring: circuits.ansatz's ring
+    layers: int = Field(3, ge=1)  # trainable Y-Z-Y blocks, each followed by one entangling layer (CZ: but the last)
+    # brick: alternating CNOT pairs; ring: circuits.ansatz's CNOT ring; cz_brick / cz_ring: the same pairs as CZs,
+    # between the blocks only (a CZ right before the <Z> read-out commutes with it: a no-op)
+    entangler: Literal["brick", "ring", "cz_brick", "cz_ring"] = "cz_brick"  # picked on val accuracy
     angle_offset: float = math.pi / 2  # encoding angle = offset + scale * tanh(W x + b): (0, pi), where
     angle_scale: float = Field(math.pi / 2, gt=0)  # <Z> = cos(angle) is monotonic (no sign folding)
     mlp_hidden: int = Field(0, ge=0)  # 0 = the largest width with params <= the quantum total

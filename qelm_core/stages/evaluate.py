@@ -10,7 +10,7 @@ from qelm_core.config import Params, Paths
 from qelm_core.data import unigram_probs
 from qelm_core.devices import fake_hardware
 from qelm_core.distill import load_distill_data
-from qelm_core.evaluate import (bigram_table, gap_recovered, model_probs, model_scores, noisy_subset, perplexity,
+from qelm_core.evaluate import (bigram_table, model_probs, model_scores, noisy_subset, perplexity, seed_stats,
                                 target_probs, tune_bigram_k)
 from qelm_core.hardware import cost_report
 from qelm_core.io import atomic_write_json, atomic_write_text
@@ -26,15 +26,19 @@ def run(params: Params, paths: Paths) -> dict:
     student, cfg = load_student(paths.student)
     classical, ccfg = load_student(paths.root / "models" / "classical")
     k = tune_bigram_k(ids["train"], ids["val"], V)
-    prev = test.contexts[:, -1].numpy()
-    probs = {"quantum": model_probs(student, test.contexts), "classical": model_probs(classical, test.contexts),
-             "teacher": test.teacher.float().numpy().clip(1e-8),
-             "bigram": bigram_table(ids["train"], V, k)[prev],
+    prev, y = test.contexts[:, -1].numpy(), test.targets.numpy()
+    probs = {"teacher": test.teacher.float().numpy().clip(1e-8), "bigram": bigram_table(ids["train"], V, k)[prev],
              "unigram": np.broadcast_to(unigram_probs(ids["train"], V), (len(prev), V))}
-    y = test.targets.numpy()
     m: dict = {"ppl_uniform": float(V), "top1_uniform": 1 / V, "top5_uniform": 5 / V, "bigram_k": k}
     for name, p in probs.items():
         m.update({f"{key}_{name}": value for key, value in model_scores(p, y).items()})
+    for name, folder in (("quantum", "student"), ("classical", "classical")):  # every seed, same test positions
+        per_seed = [model_scores(model_probs(load_student(f)[0], test.contexts), y)
+                    for f in sorted((paths.root / "models" / "seeds").glob(f"{folder}-s*"))]
+        m.update(seed_stats(name, per_seed, m["ppl_unigram"], m["ppl_teacher"]))
+    m.update(ppl_quantum_selected=model_scores(model_probs(student, test.contexts), y)["ppl"],
+             ppl_classical_selected=model_scores(model_probs(classical, test.contexts), y)["ppl"],
+             selected_seed=cfg["seed"], ppl_ratio_quantum_classical=m["ppl_quantum"] / m["ppl_classical"])
     if params.evaluate.noisy_positions:
         noisy, exact, tgt, zeros = noisy_subset(student, test.contexts, y, params.evaluate.noisy_positions,
                                                 fake_hardware(params.evaluate.noisy_backend), params.evaluate.shots,
@@ -53,8 +57,6 @@ def run(params: Params, paths: Paths) -> dict:
              bytes_student=(paths.student / "model.safetensors").stat().st_size,
              bytes_classical=(paths.root / "models" / "classical" / "model.safetensors").stat().st_size,
              bytes_teacher=json.loads((paths.metrics / "teacher.json").read_text())["bytes_teacher"],
-             gap_recovered=gap_recovered(m["ppl_unigram"], m["ppl_quantum"], m["ppl_teacher"]),
-             gap_recovered_classical=gap_recovered(m["ppl_unigram"], m["ppl_classical"], m["ppl_teacher"]),
              test_tokens=len(y), test_data_hash=tracking.dvc_out_hashes(paths).get("data/prepared", vocab.digest()))
     bars = {n: m[f"ppl_{n}"] for n in ("uniform", "unigram", "bigram", "classical", "quantum", "teacher")}
     if "ppl_quantum_noisy" in m:

@@ -94,10 +94,10 @@ def test_killed_training_resumes_to_the_same_weights(repo_copy, tmp_path):
 
     reference = Path(shutil.copytree(repo_copy, tmp_path / "reference", symlinks=True))
     for repo in (repo_copy, reference):
-        set_params(repo, train={"steps": 1500, "checkpoint_every": 10, "eval_every": 100})
+        set_params(repo, train={"steps": 1500, "checkpoint_every": 10, "eval_every": 100, "seeds": 1})
     run(["qelm", "train"], reference)
 
-    checkpoint = repo_copy / "models" / "checkpoints" / "student.safetensors"
+    checkpoint = repo_copy / "models" / "checkpoints" / "student_s0.safetensors"
     shutil.rmtree(checkpoint.parent, ignore_errors=True)
     proc = start(["qelm", "train"], repo_copy, tmp_path / "train.log")
     wait_for(lambda: checkpoint.is_file() and checkpoint_state(checkpoint)["step"] >= 100, proc, tmp_path / "train.log")
@@ -127,7 +127,8 @@ def test_killed_training_resumes_to_the_same_weights(repo_copy, tmp_path):
 FAULT = '''
 import sys
 
-if sys.argv[0].endswith("qelm") and sys.argv[1:2] == [{stage!r}]:
+# `qelm train` trains in spawned worker processes (distill.train_all): they get the fault too
+if sys.argv[0].endswith("qelm") and sys.argv[1:2] == [{stage!r}] or {stage!r} == "train" and "--multiprocessing-fork" in sys.argv:
     if {stage!r} == "train":
         import qelm_core.distill as distill
 
@@ -179,7 +180,7 @@ def test_exception_in_a_stage_fails_its_run_and_records_nothing(repo_copy, tmp_p
 def test_sigterm_ends_the_run_failed(repo_copy, tmp_path):
     """kill (SIGTERM), a CI timeout, a cancelled flow: the MLflow run must not stay RUNNING."""
     set_params(repo_copy, train={"steps": 20000, "checkpoint_every": 10})
-    checkpoint = repo_copy / "models" / "checkpoints" / "student.safetensors"
+    checkpoint = repo_copy / "models" / "checkpoints" / "student_s0.safetensors"
     shutil.rmtree(checkpoint.parent, ignore_errors=True)
     t0 = int(time.time() * 1000)
     proc = start(["qelm", "train"], repo_copy, tmp_path / "train.log")
@@ -194,7 +195,7 @@ def test_sigterm_ends_the_run_failed(repo_copy, tmp_path):
 
 def test_second_dvc_repro_fails_fast_on_the_lock_and_clobbers_nothing(repo_copy, tmp_path):
     set_params(repo_copy, train={"steps": 4000, "checkpoint_every": 50})
-    checkpoint = repo_copy / "models" / "checkpoints" / "student.safetensors"
+    checkpoint = repo_copy / "models" / "checkpoints" / "student_s0.safetensors"
     shutil.rmtree(checkpoint.parent, ignore_errors=True)
     first = start(["dvc", "repro"], repo_copy, tmp_path / "first.log")
     wait_for(checkpoint.is_file, first, tmp_path / "first.log")  # the first one is inside `train` now

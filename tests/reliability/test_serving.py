@@ -26,7 +26,7 @@ def server(tmp_path_factory):
     save_tiny_student(root / "student")
     with mlflow.start_run():
         model_uri = tracking.log_student_model(root / "student", 8, 2)
-    with tracking.registered_version(model_uri, "qelm-student", {"ppl_quantum": "5.0", "test_data_hash": "h"}):
+    with tracking.registered_version(model_uri, "qelm-student", {"ppl_test": "5.0", "test_data_hash": "h"}):
         assert promote("qelm-student").promote
     with model_server("models:/qelm-student@champion", uri) as url:
         yield url
