@@ -137,7 +137,8 @@ class SweepGrid(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n_qubits: list[int] = Field(default_factory=list, description="student.n_qubits values; empty = params.yaml")
+    n_qubits: list[int] = Field(default_factory=list, description="student.n_qubits values; empty = params.yaml. "
+                                "The first one's winner is registered (perplexities are compared per vocabulary)")
     layers: list[int] = Field([2, 4], description="student.layers values")
     alpha: list[float] = Field([0.0, 0.5], description="train.alpha values (0 = no distillation, hard labels only)")
     seeds: list[int] = Field([0, 1, 2], description="seeds per configuration (at least 3 for a spread)")

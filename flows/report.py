@@ -2,7 +2,9 @@
 
 Pure functions over the stages' own metrics (train: parameter counts and validation perplexity;
 evaluate: test perplexity and the baselines). The best quantum student is chosen on *validation*
-perplexity: choosing on test perplexity would tune on the test set the table then reports.
+perplexity (choosing on test perplexity would tune on the test set the table then reports), and only
+among points with the same vocabulary size: the registered one is the winner at the grid's first
+n_qubits value.
 """
 from __future__ import annotations
 
@@ -11,12 +13,8 @@ import io
 import statistics
 from pathlib import Path
 
-from qelm_core.io import atomic_write_bytes, atomic_write_text
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from qelm_core.io import atomic_write_text
+from qelm_core.plots import pareto_plot
 
 KINDS = {"quantum": "student", "classical": "classical"}  # kind -> prefix in the train stage's metrics
 BASELINES = ("unigram", "bigram", "teacher")
@@ -51,51 +49,22 @@ def summarize(table: list[dict]) -> list[dict]:
     return sorted(out, key=lambda r: (r["n_qubits"], r["kind"], r["params"], r["test_ppl_mean"]))
 
 
-def best_quantum(table: list[dict]) -> dict:
-    """The quantum run with the lowest validation perplexity."""
-    return min((r for r in table if r["kind"] == "quantum"), key=lambda r: r["val_ppl"])
+def winners(table: list[dict]) -> dict[int, dict]:
+    """The quantum run with the lowest validation perplexity for each vocabulary size (n_qubits): a
+    perplexity over V = 2^n entries is not comparable across n (the smallest vocabulary always wins)."""
+    out: dict[int, dict] = {}
+    for row in table:
+        if row["kind"] == "quantum" and (row["n_qubits"] not in out or row["val_ppl"] < out[row["n_qubits"]]["val_ppl"]):
+            out[row["n_qubits"]] = row
+    return out
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """(params, ppl) points no other point beats on both (fewer-or-equal parameters and lower perplexity)."""
-    front, best = [], float("inf")
-    for x, y in sorted(points):
-        if y < best:
-            front.append((x, y))
-            best = y
-    return front
-
-
-def pareto_plot(path: Path, summary: list[dict]) -> Path:
-    """Test perplexity vs trainable parameters, quantum vs classical, one panel per vocabulary size."""
-    sizes = sorted({r["n_qubits"] for r in summary})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.5), dpi=120, squeeze=False)
-    for ax, n in zip(axes[0], sizes):
-        panel = [r for r in summary if r["n_qubits"] == n]
-        for i, (kind, marker) in enumerate((("quantum", "o"), ("classical", "s"))):
-            pts = [r for r in panel if r["kind"] == kind]
-            ax.errorbar([r["params"] for r in pts], [r["test_ppl_mean"] for r in pts],
-                        yerr=[r["test_ppl_std"] for r in pts], fmt=marker, color=f"C{i}", capsize=3,
-                        label=f"{kind} (mean ± sd over seeds)")
-            for r in pts:
-                ax.annotate(f"L{r['layers']} α{r['alpha']:g}", (r["params"], r["test_ppl_mean"]), fontsize=7,
-                            xytext=(4, 3), textcoords="offset points")
-            front = pareto_front([(r["params"], r["test_ppl_mean"]) for r in pts])
-            ax.step([x for x, _ in front], [y for _, y in front], where="post", color=f"C{i}", alpha=0.5,
-                    ls="--", label=f"{kind} Pareto front")
-        for j, name in enumerate(BASELINES):
-            value = statistics.fmean(r[f"ppl_{name}"] for r in panel)
-            ax.axhline(value, color=f"C{j + 2}", lw=1, ls=":", label=f"{name} {value:.2f}")
-        ax.set(xscale="log", yscale="log", xlabel="trainable parameters", ylabel="test perplexity",
-               title=f"V = {2 ** n} (n_qubits = {n})")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+def registered_winner(table: list[dict], n_qubits: int) -> dict:
+    """The run the sweep registers: the winner among the points with vocabulary 2^n_qubits."""
+    best = winners(table)
+    if n_qubits not in best:
+        raise ValueError(f"no quantum run with n_qubits = {n_qubits} in the sweep (it has {sorted(best)})")
+    return best[n_qubits]
 
 
 def write_csv(path: Path, table: list[dict]) -> Path:
@@ -109,7 +78,7 @@ def write_csv(path: Path, table: list[dict]) -> Path:
 
 def publish_pareto(plots: Path, summary: list[dict]) -> list[Path]:
     """The project's own Pareto figure: plots/pareto.png and one CSV per kind (a DVC plot in dvc.yaml)."""
-    files = [pareto_plot(plots / "pareto.png", summary)]
+    files = [pareto_plot(plots / "pareto.png", summary, BASELINES)]
     for kind in KINDS:
         rows = [r for r in summary if r["kind"] == kind]
         if rows:
@@ -117,15 +86,18 @@ def publish_pareto(plots: Path, summary: list[dict]) -> list[Path]:
     return files
 
 
-def markdown(summary: list[dict], best: dict, url: str) -> str:
+def markdown(summary: list[dict], table: list[dict], registered: dict, url: str) -> str:
     lines = [f"## Sweep: {len(summary)} configurations\n", f"MLflow: [{url}]({url})\n",
-             f"Best quantum student (validation): **{best['label']}**, test perplexity {best['test_ppl']:.3f}, "
-             f"{best['params']} parameters\n",
-             "| n_qubits | layers | alpha | kind | params | test ppl (mean ± sd) | seeds |", "|---|---|---|---|---|---|---|"]
+             "Best quantum student per vocabulary (chosen on validation perplexity, compared only within one "
+             "vocabulary size: perplexities over different V are not comparable):\n"]
+    lines += [f"- V = {2 ** n}: **{w['label']}**, test perplexity {w['test_ppl']:.3f}, {w['params']} parameters"
+              + (" (registered as challenger)" if w["label"] == registered["label"] else "")
+              for n, w in sorted(winners(table).items())]
+    lines += ["", "| n_qubits | layers | alpha | kind | params | test ppl (mean ± sd) | seeds |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['n_qubits']} | {r['layers']} | {r['alpha']:g} | {r['kind']} | {r['params']} | "
               f"{r['test_ppl_mean']:.3f} ± {r['test_ppl_std']:.3f} | {r['seeds']} |" for r in summary]
-    if summary:
-        r = summary[0]
-        lines.append(f"\nBaselines: unigram {r['ppl_unigram']:.3f}, bigram {r['ppl_bigram']:.3f}, "
+    for n in sorted({r["n_qubits"] for r in summary}):
+        r = next(s for s in summary if s["n_qubits"] == n)
+        lines.append(f"\nBaselines at V = {2 ** n}: unigram {r['ppl_unigram']:.3f}, bigram {r['ppl_bigram']:.3f}, "
                      f"teacher {r['ppl_teacher']:.3f}")
     return "\n".join(lines)

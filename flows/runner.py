@@ -3,9 +3,10 @@
 An existing scheduler: the flow parameter `dask_address` or $QELM_DASK_ADDRESS (e.g.
 tcp://10.0.0.5:8786; its workers need this environment and the project's folders on a shared
 path). Otherwise a LocalCluster started for the subflow and closed after it: `dask_workers` or
-$QELM_DASK_WORKERS worker processes (default: min(4, CPUs)), one task thread each, and the CPUs
-split between them for torch (so 1 worker uses every core, 2 workers half each), reporting to the
-same Prefect API as the flow. Workers of an existing cluster need PREFECT_API_URL set themselves.
+$QELM_DASK_WORKERS worker processes (default: min(4, cores)), one task thread each, each allotted
+cores // workers (qelm_core/threads.py: their torch threads add up to the cores; within its share a
+worker's thread count follows the work, e.g. 1 for a small student), reporting to the same Prefect API
+as the flow. Workers of an existing cluster need PREFECT_API_URL (and QELM_CORES) set themselves.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 
 from prefect_dask import DaskTaskRunner
 
+from qelm_core import threads
 from qelm_core.config import ConfigError
 
 
@@ -21,14 +23,13 @@ def dask_runner(address: str | None = None, n_workers: int | None = None) -> Das
     if address:
         return DaskTaskRunner(address=address)
     try:
-        n = n_workers or int(os.environ.get("QELM_DASK_WORKERS") or 0) or min(4, os.cpu_count() or 1)
+        n = n_workers or int(os.environ.get("QELM_DASK_WORKERS") or 0) or min(4, threads.cores())
     except ValueError:
         raise ConfigError(f"QELM_DASK_WORKERS={os.environ['QELM_DASK_WORKERS']!r} is not a number of workers") from None
     if n < 1:
         raise ConfigError(f"dask_workers: {n} workers; give at least 1")
-    threads = str(max(1, (os.cpu_count() or 1) // n))
     # each Dask worker trains in its own process (no nested training pool): the workers are the parallelism
-    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "QELM_TRAIN_WORKERS": "1", **prefect_env()}
+    env = {**threads.child_env(threads.split(n)), "QELM_TRAIN_WORKERS": "1", **prefect_env()}
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
         "n_workers": n, "threads_per_worker": 1, "processes": True, "dashboard_address": None, "env": env})
 

@@ -148,7 +148,10 @@ def resolve_run(overrides: Overrides, params_file: str, project_root: str | None
 @task(persist_result=True, result_serializer="json", tags=[STAGE_TAG])
 def run_stage(work: StageWork, params: Params, tracking_uri: str) -> dict:
     """`qelm_core.stages.<stage>.run(params, Paths(work.folder))`: exactly what `qelm <stage>` runs."""
+    from qelm_core import threads
+
     stage = importlib.import_module(f"qelm_core.stages.{work.stage}")
+    threads.use(threads.stage_work(work.stage, params.student.n_qubits, params.train.batch_size))  # as `qelm <stage>`
     with tracking_env(tracking_uri):
         return stage.run(params, Paths(work.folder))
 
@@ -252,7 +255,7 @@ def sweep_report(grid, runs: list[RunConfig], train: dict[str, dict], evaluate: 
                         "alpha": r.params.train.alpha, "seed": r.params.seed} for r in runs}
     table = report.rows(points, train, evaluate)
     summary = report.summarize(table)
-    best = report.best_quantum(table)
+    best = report.registered_winner(table, runs[0].params.student.n_qubits)  # the grid's first n_qubits
     out = runs[0].ws.base / "sweeps" / str(flow_run.id)
     files = [report.pareto_plot(out / "pareto.png", summary), report.write_csv(out / "runs.csv", table),
              report.write_csv(out / "summary.csv", summary)]
@@ -260,11 +263,11 @@ def sweep_report(grid, runs: list[RunConfig], train: dict[str, dict], evaluate: 
     files += report.publish_pareto(project.plots, summary)
     with tracking_env(runs[0].tracking_uri):
         run_id = tracking.log_sweep(project, grid.model_dump(), table, summary, files,
-                                    {k: best[k] for k in ("test_ppl", "val_ppl", "params", "mlflow_run_id")})
+                                    {k: best[k] for k in ("test_ppl", "val_ppl", "params", "n_qubits", "mlflow_run_id")})
         for mlflow_run in {r["mlflow_run_id"] for r in table if r["mlflow_run_id"]}:
             tracking.tag_run(mlflow_run, {"prefect.last_flow_run_id": str(flow_run.id), "qelm.sweep_run_id": run_id})
         url = tracking.run_url(run_id)
-    create_markdown_artifact(key="sweep", markdown=report.markdown(summary, best, url),
+    create_markdown_artifact(key="sweep", markdown=report.markdown(summary, table, best, url),
                              description="quantum vs classical students over the grid")
     get_run_logger().info("sweep MLflow run %s: %s; best quantum student %s", run_id, url, best["label"])
     return {"mlflow_run_id": run_id, "url": url, "best": best["label"], "folder": str(out)}

@@ -1,7 +1,8 @@
 """The `qelm` command: one sub-command per pipeline stage plus the user tools around them.
 
 Every command reads params.yaml once, runs, and turns a QelmError into one line on stderr and
-exit code 2 (anything else is a bug and keeps its traceback).
+exit code 2 (anything else is a bug and keeps its traceback). Torch threads: qelm_core/threads.py, its
+variables checked at start, the count set per stage (and command) from its work.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import typer
 
+from qelm_core import threads
 from qelm_core.config import Paths, QelmError, load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="qelm: distil an LLM into a quantum student.")
@@ -26,6 +28,7 @@ def fail(message: str) -> None:
 def run_stage(name: str, params_path: Path) -> dict:
     try:
         params = load_params(params_path)
+        threads.use(threads.stage_work(name, params.student.n_qubits, params.train.batch_size))
         stage = importlib.import_module(f"qelm_core.stages.{name}")
         result = stage.run(params, Paths.here())
     except QelmError as err:
@@ -94,6 +97,7 @@ def classify_predict(
     from qelm_core.classify.predict import TextClassifier
 
     try:
+        threads.use(0)  # a few texts through a small classifier (the MiniLM encoder included)
         cp = load_classify_params(params)
         paths = ClassifyPaths.here()
         seed_ = cp.seeds[0] if seed is None else seed
@@ -119,6 +123,7 @@ def predict(
     from qelm_core.predict import NextTokenPredictor
 
     try:
+        threads.use(0)  # one context through a small student
         predictor = NextTokenPredictor.from_folder(model, load_params(params).teacher.model)
         rows = predictor.top_k(text, top_k)
     except QelmError as err:
@@ -168,12 +173,13 @@ def bench(
     serve: bool = typer.Option(True, "--serve/--no-serve", help="REST latency of the champion under load (needs one)"),
     dvc: bool = typer.Option(False, "--dvc", help="also time a cold + a no-op `dvc repro` in a fresh clone (minutes)"),
     only: list[str] = typer.Option([], "--only", help="re-measure only this section of an existing bench.json "
-                                   "(engines, training, teacher, serving, dvc; repeatable)"),
+                                   "(engines, training, threads, teacher, serving, dvc; repeatable)"),
     n: list[int] = typer.Option([], "--n", min=1, max=20, help="qubit counts of the engine grid (repeatable)"),
     batch: list[int] = typer.Option([], "--batch", min=1, help="batch sizes of the engine grid (repeatable)"),
     params: Path = PARAMS,
 ) -> None:
-    """Time the circuit engines side by side, teacher inference and training; write bench.json + a plot."""
+    """Time the circuit engines side by side, teacher inference, training and its thread policy; write
+    bench.json + a plot."""
     from rich.console import Console
     from rich.table import Table
 
@@ -207,6 +213,10 @@ def bench(
                     else f"skipped: {t['reason']}", t.get("data", ""))
     summary.add_row("training", f"{tr['tokens_per_s']:,.0f} tok/s ({tr['steps']} steps, batch {tr['batch_size']})",
                     tr["data"])
+    for name, st in r.get("threads", {}).get("students", {}).items():
+        summary.add_row(f"threads: {name}", f"policy {st['policy_threads']} vs default {st['default_threads']} "
+                        "threads: " + ", ".join(f"{c} {st['default_vs_policy'][c]:.2f}x" for c in ("quiet", "busy"))
+                        + " (default time / policy time)", f"{st['kind']}, n={st['n_qubits']}, batch {st['batch']}")
     s, d = r["serving"], r["dvc"]
     summary.add_row("serving", f"p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, {s['errors']} errors of "
                     f"{s['requests']} ({s['clients']} clients)" if s["status"] == "ok" else f"skipped: {s['reason']}",
@@ -234,6 +244,26 @@ def serve(
     serve_flows(limit, name)
 
 
+@app.command("serve-model")
+def serve_model(
+    model: str = typer.Option("models:/qelm-student@champion", "--model", "-m", help="model URI to serve"),
+    host: str = typer.Option("127.0.0.1", "--host", "-h"),
+    port: int = typer.Option(5001, "--port", "-p"),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="server processes (they split the cores)"),
+) -> None:
+    """Serve a registered model over REST: MLflow's scoring server, bodies over 1 MiB refused with a 413."""
+    from qelm_core import tracking
+    from qelm_core.serving import serve_model as serve_in_foreground
+
+    try:
+        uri = tracking.configure(Paths.here())
+        typer.echo(f"starting {model} on http://{host}:{port}/invocations (Ctrl-C stops)", err=True)
+        code = serve_in_foreground(model, uri, host, port, workers)
+    except QelmError as err:
+        fail(str(err))
+    raise typer.Exit(code)
+
+
 def _terminated(signum: int, frame) -> None:
     raise SystemExit(128 + signum)
 
@@ -242,6 +272,11 @@ def main() -> None:
     # SIGTERM (kill, a CI timeout, Prefect cancelling) unwinds like Ctrl-C: `with` blocks run, so the
     # MLflow run ends FAILED and temporary outputs are removed instead of being left half-written.
     signal.signal(signal.SIGTERM, _terminated)
+    try:
+        threads.configure()  # a bad QELM_THREADS / QELM_CORES is one line, before any work
+    except QelmError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise SystemExit(2) from None
     app()
 
 

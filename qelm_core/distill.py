@@ -207,18 +207,19 @@ def load_distill_data(paths, context: int) -> tuple[dict[str, SplitData], "objec
 
 
 def train_job(root: str, params_json: str, name: str, kind: str, seed: int, out_dir: str, extra_config: dict,
-              threads: int = 0, progress=None) -> TrainResult:
+              progress=None) -> TrainResult:
     """Train one student (kind, seed) from the prepared data under `root`; save it to out_dir/<name>-s<seed>/.
-    Self-contained (reads its own data), so a worker process can run it."""
+    Self-contained (reads its own data), so a worker process can run it; torch threads from its work and
+    this process's cores (qelm_core/threads.py)."""
+    from qelm_core import threads
     from qelm_core.basis import load_basis
     from qelm_core.config import Params, Paths
     from qelm_core.student import build_student, save_student
 
-    if threads:
-        torch.set_num_threads(threads)
     paths = Paths(Path(root))
     base = Params.model_validate_json(params_json)
     params = base.model_copy(update={"seed": seed, "student": base.student.model_copy(update={"kind": kind})})
+    threads.use(threads.student_work(params.student.n_qubits, params.train.batch_size))
     data, vocab, _ = load_distill_data(paths, params.student.context)
     basis = torch.from_numpy(load_basis(paths.basis / "basis.json", params.student.n_qubits, vocab.digest()))
     model = build_student(params, torch.tensor(vocab.counts, dtype=torch.float64), basis)
@@ -231,26 +232,32 @@ def train_job(root: str, params_json: str, name: str, kind: str, seed: int, out_
 
 
 def train_workers(n_jobs: int) -> int:
-    """Training processes: $QELM_TRAIN_WORKERS, else one per CPU core up to the number of jobs. Small
-    students run best on one thread each: on 2 cores, 2 workers x 1 thread beat 1 x 2 threads."""
+    """Training processes: $QELM_TRAIN_WORKERS, else one per core of this process (threads.cores) up to
+    the number of jobs. Small students run best on one thread each: on 2 cores, 2 workers x 1 thread beat
+    1 x 2 threads."""
     import os
 
+    from qelm_core import threads
     from qelm_core.config import ConfigError
 
     value = os.environ.get("QELM_TRAIN_WORKERS", "")
     if value and not (value.isdigit() and int(value) >= 1):
         raise ConfigError(f"QELM_TRAIN_WORKERS={value!r}: give a whole number >= 1 (or unset it)")
-    return min(n_jobs, int(value) if value else (os.cpu_count() or 1))
+    return min(n_jobs, int(value) if value else threads.cores())
 
 
-def _worker_init() -> None:
-    """Worker processes die with their parent (a SIGKILLed `qelm train` leaves no trainer behind) and
-    leave signals to it: a worker that died of the group's SIGTERM first would turn the parent's clean
-    unwinding into a broken-pool error."""
+def _worker_init(cores: int) -> None:
+    """Worker processes get their share of the cores (their threads add up to the parent's cores), die
+    with their parent (a SIGKILLed `qelm train` leaves no trainer behind) and leave signals to it: a
+    worker that died of the group's SIGTERM first would turn the parent's clean unwinding into a
+    broken-pool error."""
     import ctypes
     import signal
     import sys
 
+    from qelm_core import threads
+
+    threads.allot(cores)
     if sys.platform == "linux":
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and a group SIGTERM go to the parent, which
@@ -259,13 +266,14 @@ def _worker_init() -> None:
 
 def train_all(root: Path, params, jobs: list[tuple[str, str, int]], out_dir: Path, extra_config: dict,
               workers: int, progress=None, on_done=None) -> dict[tuple[str, int], TrainResult]:
-    """Every (name, kind, seed) job, longest first as listed; `workers` > 1: that many spawned processes
-    with cpu_count // workers torch threads each, else in this process -> {(name, seed): TrainResult}."""
+    """Every (name, kind, seed) job, longest first as listed; `workers` > 1: that many spawned processes,
+    each allotted cores // workers (threads.split), else in this process -> {(name, seed): TrainResult}."""
     import multiprocessing
-    import os
     from concurrent.futures import ProcessPoolExecutor
 
     import psutil
+
+    from qelm_core import threads
 
     args = [(str(root), params.model_dump_json(), name, kind, seed, str(out_dir), extra_config) for name, kind, seed in jobs]
     results = {}
@@ -275,10 +283,10 @@ def train_all(root: Path, params, jobs: list[tuple[str, str, int]], out_dir: Pat
             if on_done:
                 on_done(a[2], a[4], results[(a[2], a[4])])
         return results
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                               initargs=(threads.split(workers),))
     try:  # a worker that dies (OOM, kill) fails the stage with BrokenProcessPool instead of hanging it
-        pending = {(a[2], a[4]): pool.submit(train_job, *a, threads) for a in args}
+        pending = {(a[2], a[4]): pool.submit(train_job, *a) for a in args}
         for key, job in pending.items():
             results[key] = job.result()
             if on_done:

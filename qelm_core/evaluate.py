@@ -2,10 +2,18 @@
 
 All models are scored on the same targets: the test split's student ids (OTHER included), each
 predicted from what came before it. Perplexity = exp(mean negative log-likelihood).
+
+Two perplexities per model. `ppl_<model>`: over the V = 2^n student vocabulary, OTHER one entry (what
+the student is trained on; comparable only between models with the same V). `ppl_full_<model>`: of the
+actual next token in the teacher tokenizer's FULL vocabulary, comparable across V and with the teacher's
+own perplexity. A V-entry model becomes a full-vocabulary one as a class-based LM (`FullVocab`): its
+OTHER probability is shared among the out-of-vocabulary tokens in proportion to a fixed add-k unigram
+over them, counted on the train split (k chosen on the validation split, the same for every model).
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -63,9 +71,52 @@ def gap_recovered(ppl_unigram_: float, ppl_student: float, ppl_teacher: float) -
     return (math.log(ppl_unigram_) - math.log(ppl_student)) / (math.log(ppl_unigram_) - math.log(ppl_teacher))
 
 
-def model_scores(probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    return {"ppl": perplexity(target_probs(probs, targets)), "top1": topk_accuracy(probs, targets, 1),
-            "top5": topk_accuracy(probs, targets, 5)}
+class FullVocab:
+    """p_full(t) = p(id(t)) for a token in the student vocabulary, p(OTHER) * q(t) for any other token t of
+    the tokenizer's vocabulary; q = add-k unigram over those tokens from the train split (sums to 1)."""
+
+    def __init__(self, vocab_llm_ids, train_llm_ids: np.ndarray, size: int, k: float):
+        counts = np.bincount(train_llm_ids, minlength=size).astype(np.float64)[:size] + k
+        counts[np.asarray(vocab_llm_ids)] = 0.0  # in-vocabulary tokens have their own entry
+        self.within_other, self.size, self.k = counts / counts.sum(), size, k
+
+    @classmethod
+    def tuned(cls, vocab_llm_ids, train_llm_ids: np.ndarray, val_llm_targets: np.ndarray, size: int,
+              grid=(0.001, 0.01, 0.1, 1.0)) -> "FullVocab":
+        """k with the highest validation likelihood of the out-of-vocabulary tokens under q."""
+        oov_targets = val_llm_targets[~np.isin(val_llm_targets, np.asarray(vocab_llm_ids))]
+        fits = [cls(vocab_llm_ids, train_llm_ids, size, k) for k in grid]
+        return min(fits, key=lambda f: perplexity(f.within_other[oov_targets]) if len(oov_targets) else f.k)
+
+    def target_probs(self, probs: np.ndarray, targets: np.ndarray, llm_targets: np.ndarray) -> np.ndarray:
+        """(N, V) student distributions, (N,) student targets, (N,) tokenizer ids -> (N,) p_full(target)."""
+        p = target_probs(probs, targets)
+        return np.where(np.asarray(targets) == 0, p * self.within_other[llm_targets], p)  # 0: OTHER_ID
+
+
+def load_full_vocab(prepared: Path, teacher: Path, vocab) -> tuple[FullVocab, np.ndarray, np.ndarray]:
+    """-> (FullVocab fitted on train, k on val; the test targets as tokenizer ids; the teacher's own
+    full-vocabulary probability of each test target)."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    from qelm_core.data import load_prepared
+
+    _, llm, _ = load_prepared(prepared)
+    size = json.loads((prepared / "stats.json").read_text())["tokenizer_vocab_size"]
+    full = FullVocab.tuned(vocab.llm_ids[1:], llm["train"], llm["val"][1:], size)
+    return full, llm["test"][1:], load_file(str(teacher / "test.safetensors"))["target_probs_full"].astype(np.float64)
+
+
+def model_scores(probs: np.ndarray, targets: np.ndarray, full: tuple[FullVocab, np.ndarray] | None = None
+                 ) -> dict[str, float]:
+    """ppl, top1, top5 over the V entries; with `full` = (FullVocab, tokenizer-id targets) also ppl_full."""
+    out = {"ppl": perplexity(target_probs(probs, targets)), "top1": topk_accuracy(probs, targets, 1),
+           "top5": topk_accuracy(probs, targets, 5)}
+    if full is not None:
+        out["ppl_full"] = perplexity(full[0].target_probs(probs, targets, full[1]))
+    return out
 
 
 def model_probs(model, contexts, batch: int = 2048) -> np.ndarray:
@@ -77,33 +128,23 @@ def model_probs(model, contexts, batch: int = 2048) -> np.ndarray:
                                for i in range(0, len(contexts), batch)])
 
 
-def noisy_subset(model, contexts, targets, positions: int, device_params, shots: int, eps: float, seed: int):
-    """Evaluate the same weights on sampled, noisy hardware (a fake IBM backend) on `positions` test
-    positions drawn with `seed`; returns (smoothed noisy probs, exact probs, targets, zero-prob count)."""
-    import torch
-
-    from qelm_core.student import predict_probs
-
-    pick = torch.from_numpy(np.random.default_rng(seed).choice(len(targets), size=positions, replace=False))
-    noisy = predict_probs(model, contexts[pick], device_params, shots=shots, seed=seed).numpy()
-    exact = model_probs(model, contexts[pick])
-    tgt = np.asarray(targets)[pick.numpy()]
-    zeros = int((target_probs(noisy, tgt) == 0).sum())
-    return smooth(noisy, eps), exact, tgt, zeros
-
-
-def seed_stats(name: str, per_seed: list[dict[str, float]], ppl_unigram_: float, ppl_teacher: float) -> dict:
-    """Mean and sd over seeds of a trained model's scores and gap recovered: ppl_<name>, ppl_<name>_sd, ..."""
+def seed_stats(name: str, per_seed: list[dict[str, float]], ppl_unigram_: float, ppl_teacher: float,
+               full_baselines: tuple[float, float] | None = None) -> dict:
+    """Mean and sd over seeds of a trained model's scores and gap recovered: ppl_<name>, ppl_<name>_sd, ...;
+    with `full_baselines` = (full-vocabulary unigram, teacher) perplexities also ppl_full_* and gap_recovered_full*."""
     import statistics
 
     def sd(values):
         return statistics.stdev(values) if len(values) > 1 else 0.0
 
     out = {f"seeds_{name}": len(per_seed)}
-    for key in ("ppl", "top1", "top5"):
+    for key in [k for k in ("ppl", "ppl_full", "top1", "top5") if k in per_seed[0]]:
         values = [s[key] for s in per_seed]
         out.update({f"{key}_{name}": statistics.fmean(values), f"{key}_{name}_sd": sd(values)})
-    gaps = [gap_recovered(ppl_unigram_, s["ppl"], ppl_teacher) for s in per_seed]
     suffix = "" if name == "quantum" else f"_{name}"
-    out.update({f"gap_recovered{suffix}": statistics.fmean(gaps), f"gap_recovered{suffix}_sd": sd(gaps)})
+    gaps = {"": [gap_recovered(ppl_unigram_, s["ppl"], ppl_teacher) for s in per_seed]}
+    if full_baselines:
+        gaps["_full"] = [gap_recovered(full_baselines[0], s["ppl_full"], full_baselines[1]) for s in per_seed]
+    for kind, values in gaps.items():
+        out.update({f"gap_recovered{kind}{suffix}": statistics.fmean(values), f"gap_recovered{kind}{suffix}_sd": sd(values)})
     return out

@@ -58,3 +58,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def code_digest(*modules) -> str:
+    """sha256 over the source files of `modules`: cache keys (teacher shards, feature shards) include the
+    code that computed the cached data, so a change to that code is never answered from a stale cache."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for module in modules:
+        h.update(Path(module.__file__).read_bytes() + b"\0")
+    return h.hexdigest()[:16]

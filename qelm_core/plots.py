@@ -1,7 +1,9 @@
-"""PNG plots (matplotlib, Agg): the training curve, the perplexity comparison with baselines, bench samples/s."""
+"""Every PNG the project draws (matplotlib, Agg), each written by temp file + rename: the training curve,
+the perplexity comparison with baselines, bench samples/s, classification accuracy, the sweep's Pareto figure."""
 from __future__ import annotations
 
 import io
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +12,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from qelm_core.io import atomic_write_bytes  # noqa: E402
+
+
+def save_png(fig, path: Path) -> Path:
+    """Render to memory, then temp file + rename: a killed stage never leaves a half-written PNG."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
 
 
 def training_curve(path: Path, curves: dict[str, list[dict]], baselines: dict[str, float]) -> Path:
@@ -22,11 +34,7 @@ def training_curve(path: Path, curves: dict[str, list[dict]], baselines: dict[st
     ax.set(xlabel="step", ylabel="validation perplexity", yscale="log", title="Distillation: validation perplexity")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def perplexity_bars(path: Path, values: dict[str, float], title: str) -> Path:
@@ -40,11 +48,7 @@ def perplexity_bars(path: Path, values: dict[str, float], title: str) -> Path:
     ax.set(ylabel="test perplexity (log)", yscale="log", title=title)
     ax.tick_params(axis="x", labelrotation=30)
     ax.grid(alpha=0.3, axis="y", which="both")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def samples_plot(path: Path, cells: list[dict]) -> Path:
@@ -63,9 +67,60 @@ def samples_plot(path: Path, cells: list[dict]) -> Path:
            title="Circuit engines: training throughput (skipped cells omitted)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_png(fig, path)
+
+
+ACCURACY_BARS = (("teacher", "teacher"), ("quantum_exact", "quantum"), ("quantum_noisy", "quantum noisy"),
+        ("mlp", "MLP"), ("logreg", "log. reg."), ("majority", "majority"))
+
+
+def accuracy_bars(path: Path, result: dict) -> Path:
+    """Classification: test accuracy per model and dataset, mean ± sd over seeds."""
+    names = list(result["datasets"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), dpi=110, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        summary = result["datasets"][name]["summary"]
+        rows = [(label, summary[k]) for k, label in ACCURACY_BARS if k in summary]
+        ax.bar([r[0] for r in rows], [r[1]["accuracy_mean"] for r in rows],
+               yerr=[r[1]["accuracy_std"] for r in rows], capsize=3, color=[f"C{i}" for i in range(len(rows))])
+        ax.set(title=f"{name}: test accuracy (mean ± sd over seeds)", ylim=(0, 1))
+        ax.tick_params(axis="x", labelrotation=30)
+        ax.grid(alpha=0.3, axis="y")
+    return save_png(fig, Path(path))
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(params, ppl) points no other point beats on both (fewer-or-equal parameters and lower perplexity)."""
+    front, best = [], float("inf")
+    for x, y in sorted(points):
+        if y < best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+def pareto_plot(path: Path, summary: list[dict], baselines=("unigram", "bigram", "teacher")) -> Path:
+    """Test perplexity vs trainable parameters, quantum vs classical, one panel per vocabulary size."""
+    sizes = sorted({r["n_qubits"] for r in summary})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.5), dpi=120, squeeze=False)
+    for ax, n in zip(axes[0], sizes):
+        panel = [r for r in summary if r["n_qubits"] == n]
+        for i, (kind, marker) in enumerate((("quantum", "o"), ("classical", "s"))):
+            pts = [r for r in panel if r["kind"] == kind]
+            ax.errorbar([r["params"] for r in pts], [r["test_ppl_mean"] for r in pts],
+                        yerr=[r["test_ppl_std"] for r in pts], fmt=marker, color=f"C{i}", capsize=3,
+                        label=f"{kind} (mean ± sd over seeds)")
+            for r in pts:
+                ax.annotate(f"L{r['layers']} α{r['alpha']:g}", (r["params"], r["test_ppl_mean"]), fontsize=7,
+                            xytext=(4, 3), textcoords="offset points")
+            front = pareto_front([(r["params"], r["test_ppl_mean"]) for r in pts])
+            ax.step([x for x, _ in front], [y for _, y in front], where="post", color=f"C{i}", alpha=0.5,
+                    ls="--", label=f"{kind} Pareto front")
+        for j, name in enumerate(baselines):
+            value = statistics.fmean(r[f"ppl_{name}"] for r in panel)
+            ax.axhline(value, color=f"C{j + 2}", lw=1, ls=":", label=f"{name} {value:.2f}")
+        ax.set(xscale="log", yscale="log", xlabel="trainable parameters", ylabel="test perplexity",
+               title=f"V = {2 ** n} (n_qubits = {n})")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    return save_png(fig, path)

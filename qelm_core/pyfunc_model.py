@@ -25,7 +25,8 @@ class StudentModel(PythonModel):
 
         self.predictor = NextTokenPredictor.from_folder(context.artifacts["student"])
         # The scoring server runs requests in threads: concurrent calls into the model failed 2 of 2,000
-        # requests under load (qelm bench); one call at a time costs nothing, torch uses every core per call.
+        # requests under load (qelm bench); one call at a time costs nothing: a call uses the worker's
+        # torch threads (qelm_core/threads.py: 1 for these small models; more workers for more requests).
         self.lock = threading.Lock()
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:

@@ -6,16 +6,16 @@ from qelm_core.config import Params
 
 def model_card(params: Params, m: dict, cfg: dict) -> str:
     sp, n = params.student, params.student.n_qubits
-    rows = [("uniform", "ppl_uniform", "top1_uniform", "-"), ("unigram (add-one)", "ppl_unigram", "top1_unigram", "-"),
-            (f"bigram (add-k, k={m['bigram_k']})", "ppl_bigram", "top1_bigram", "-"),
-            ("classical student (equal params)", "ppl_classical", "top1_classical", m["params_classical"]),
-            ("**quantum student**", "ppl_quantum", "top1_quantum",
-             m["params_embedding"] + m["params_quantum_circuit"] + m["params_quantum_classical"]),
-            ("teacher (projected)", "ppl_teacher", "top1_teacher", m["params_teacher"])]
+    rows = [("uniform", "uniform", "-"), ("unigram (add-one)", "unigram", "-"),
+            (f"bigram (add-k, k={m['bigram_k']})", "bigram", "-"),
+            ("classical student (equal params)", "classical", m["params_classical"]),
+            ("**quantum student**", "quantum", m["params_embedding"] + m["params_quantum_circuit"] + m["params_quantum_classical"]),
+            ("teacher (projected; full: its own distribution)", "teacher", m["params_teacher"])]
     def cell(key: str, digits: int) -> str:  # mean +- sd over seeds for the trained models
         return f"{m[key]:.{digits}f}" + (f" ± {m[key + '_sd']:.{digits}f}" if key + "_sd" in m else "")
 
-    table = "\n".join(f"| {name} | {cell(p, 2)} | {cell(a, 3)} | {c} |" for name, p, a, c in rows)
+    table = "\n".join(f"| {name} | {cell('ppl_' + k, 2)} | {cell('ppl_full_' + k, 1)} | {cell('top1_' + k, 3)} | {c} |"
+                      for name, k, c in rows)
     noisy = ""
     if "ppl_quantum_noisy" in m:
         noisy = (f"\nOn the fake noisy backend {params.evaluate.noisy_backend} with {params.evaluate.shots} shots, on "
@@ -38,10 +38,16 @@ def model_card(params: Params, m: dict, cfg: dict) -> str:
   {params.train.schedule} lr from {params.train.lr}; {params.train.seeds} seeds per student (mean ± sd below);
   this file is seed {m['selected_seed']} (best validation perplexity): test perplexity {m['ppl_quantum_selected']:.2f}.
 
-| model | test perplexity | top-1 | parameters |
-|---|---|---|---|
+| model | test perplexity (V = {2**n}) | full-vocabulary perplexity ({m['ppl_full_uniform']:,.0f} tokens) | top-1 | parameters |
+|---|---|---|---|---|
 {table}
 
+Full-vocabulary perplexity: of the actual next token among all of the tokenizer's tokens; a student's OTHER
+probability is shared among the tokens outside its vocabulary by an add-{m['full_vocab_k']:g} train unigram
+(comparable across vocabulary sizes and with the teacher's own perplexity).
+
 Gap recovered (0 = unigram, 1 = teacher): quantum {cell('gap_recovered', 3)}, classical
-{cell('gap_recovered_classical', 3)}; quantum / classical perplexity {m['ppl_ratio_quantum_classical']:.3f}.
+{cell('gap_recovered_classical', 3)}; quantum / classical perplexity {m['ppl_ratio_quantum_classical']:.3f}
+(full vocabulary: gap recovered quantum {cell('gap_recovered_full', 3)}, classical {cell('gap_recovered_full_classical', 3)};
+ratio {m['ppl_full_ratio_quantum_classical']:.3f}).
 {noisy}"""

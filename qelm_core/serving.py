@@ -1,5 +1,7 @@
-"""REST serving of a registered model (`mlflow models serve`) and a bounded local load test against it.
+"""REST serving of a registered model and a bounded local load test against it.
 
+The server is MLflow's scoring server (what `mlflow models serve` runs) under uvicorn, behind a request
+size limit (qelm_core/scoring_app.py: a too-large body gets a fast 413, not a parse that ends in a 504).
 One place starts and always stops the server process (bench, tests); the load test uses only the
 standard library: `clients` threads share one request counter, each sending JSON bodies over its own
 keep-alive connection, so the figures measure the server, not connection set-up.
@@ -18,7 +20,6 @@ import threading
 import time
 import urllib.request
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
 from qelm_core.config import QelmError
@@ -64,16 +65,43 @@ def http_process(cmd: list[str], port: int, health_path: str, env: dict | None =
         log.close()
 
 
+def _server_command(model_uri: str, tracking_uri: str, folder: str, host: str, port: int,
+                    workers: int) -> tuple[list[str], dict]:
+    """Download model_uri into `folder`; the uvicorn command for qelm_core/scoring_app.py (MLflow's scoring
+    server behind a request-size limit) and its environment: `workers` processes split this process's
+    cores (qelm_core/threads.py), so their torch threads add up to the cores."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    from qelm_core import threads
+    from qelm_core.scoring_app import MODEL_ENV
+
+    try:
+        local = download_artifacts(artifact_uri=model_uri, dst_path=folder, tracking_uri=tracking_uri)
+    except MlflowException as err:
+        raise QelmError(f"serve {model_uri}: {str(err).splitlines()[0]}") from None
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, MODEL_ENV: local,
+           **threads.child_env(threads.split(workers))}
+    cmd = [sys.executable, "-m", "uvicorn", "qelm_core.scoring_app:app", "--host", host, "--port", str(port),
+           "--workers", str(workers), "--http", "h11"]
+    return cmd, env
+
+
 @contextmanager
 def model_server(model_uri: str, tracking_uri: str, startup_s: float = 180.0, workers: int = 1) -> Iterator[str]:
-    """`mlflow models serve -m model_uri` on a free 127.0.0.1 port; yields its base URL; always stopped."""
+    """The served model (see `serve_model`) on a free 127.0.0.1 port; yields its base URL; always stopped."""
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,  # it execs `uvicorn`: this venv's, first
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-           "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)]
-    with http_process(cmd, port, "/ping", env, startup_s) as url:
-        yield url
+    with tempfile.TemporaryDirectory(prefix="qelm-serve-") as folder:
+        cmd, env = _server_command(model_uri, tracking_uri, folder, "127.0.0.1", port, workers)
+        with http_process(cmd, port, "/ping", env, startup_s) as url:
+            yield url
+
+
+def serve_model(model_uri: str, tracking_uri: str, host: str, port: int, workers: int) -> int:
+    """`qelm serve-model`: serve model_uri in the foreground until Ctrl-C / SIGTERM; uvicorn's exit code."""
+    with tempfile.TemporaryDirectory(prefix="qelm-serve-") as folder:
+        cmd, env = _server_command(model_uri, tracking_uri, folder, host, port, workers)
+        return subprocess.run(cmd, env=env).returncode  # on an exception (SIGTERM, Ctrl-C) run() kills it
 
 
 def post(url: str, body: bytes, timeout: float = 60.0) -> tuple[int, str]:

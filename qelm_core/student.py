@@ -306,3 +306,18 @@ def load_student(folder: str | Path, device_params: DeviceParams | None = None) 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return (text.splitlines()[0] if text else type(err).__name__)[:200]
+
+
+def noisy_subset(model, contexts, targets, positions: int, device_params, shots: int, eps: float, seed: int):
+    """Evaluate the same weights on sampled, noisy hardware (a fake IBM backend) on `positions` test
+    positions drawn with `seed`; returns (smoothed noisy probs, exact probs, targets, zero-prob count, positions)."""
+    import numpy as np
+
+    from .evaluate import model_probs, smooth, target_probs
+
+    pick = torch.from_numpy(np.random.default_rng(seed).choice(len(targets), size=positions, replace=False))
+    noisy = predict_probs(model, contexts[pick], device_params, shots=shots, seed=seed).numpy()
+    exact = model_probs(model, contexts[pick])
+    tgt = np.asarray(targets)[pick.numpy()]
+    zeros = int((target_probs(noisy, tgt) == 0).sum())
+    return smooth(noisy, eps), exact, tgt, zeros, pick.numpy()

@@ -106,8 +106,11 @@ def shard_plan(n_tokens: int, tp: TeacherParams) -> list[list[tuple[int, int, in
 
 
 @torch.inference_mode()
-def score_windows(model, llm_ids: np.ndarray, windows, vocab_llm_ids: torch.Tensor, batch_size: int) -> np.ndarray:
-    """Projected teacher distributions for the windows' targets, in order: (n_targets, V) float16.
+def score_windows(model, llm_ids: np.ndarray, windows, vocab_llm_ids: torch.Tensor, batch_size: int,
+                  full_targets: bool = False):
+    """Projected teacher distributions for the windows' targets, in order: (n_targets, V) float16; with
+    `full_targets` also the probability of each actual next token in the teacher's FULL vocabulary,
+    (n_targets,) float32 (its own perplexity, comparable across student vocabulary sizes).
 
     Runs the decoder body once per window and the output head only on the scored positions (the
     49k-wide head on every position would be ~20 % of the work for nothing).
@@ -117,6 +120,7 @@ def score_windows(model, llm_ids: np.ndarray, windows, vocab_llm_ids: torch.Tens
     body, head = model.base_model, model.get_output_embeddings()
     # windows of equal length batch together; order is restored by collecting per window
     by_window: dict[int, torch.Tensor] = {}
+    full: dict[int, torch.Tensor] = {}
     groups: dict[int, list[int]] = {}
     for i, (s, e, _) in enumerate(windows):
         groups.setdefault(e - s, []).append(i)
@@ -131,7 +135,12 @@ def score_windows(model, llm_ids: np.ndarray, windows, vocab_llm_ids: torch.Tens
                 h = hidden[row, first - 1 - s: e - 1 - s]
                 probs = torch.softmax(head(h).float(), dim=-1)
                 by_window[i] = project_probs(probs, vocab_llm_ids).to(torch.float16)
-    return torch.cat([by_window[i] for i in range(len(windows))]).numpy()
+                actual = torch.from_numpy(llm_ids[first: e].astype(np.int64))
+                full[i] = probs.gather(1, actual[:, None])[:, 0]
+    projected = torch.cat([by_window[i] for i in range(len(windows))]).numpy()
+    if not full_targets:
+        return projected
+    return projected, torch.cat([full[i] for i in range(len(windows))]).numpy()
 
 
 def count_parameters(model) -> int:
@@ -140,11 +149,16 @@ def count_parameters(model) -> int:
 
 def shard_dir(root: Path, source: TeacherSource, tp: TeacherParams, vocab_hash: str, split: str,
               llm_ids: np.ndarray) -> Path:
-    """Shards live under a key of everything they depend on, so stale shards are never reused."""
+    """Shards live under a key of everything they depend on (the scoring code too), so stale shards are never reused."""
     import hashlib
+    import sys
+
+    from qelm_core import data
+    from qelm_core.io import code_digest
 
     h = hashlib.sha256()
-    for part in (source.name, str(source.weights_bytes), tp.window, tp.stride, tp.shard_windows, vocab_hash, split):
+    for part in (source.name, str(source.weights_bytes), tp.window, tp.stride, tp.shard_windows, vocab_hash, split,
+                 code_digest(sys.modules[__name__], data)):
         h.update(str(part).encode() + b"\0")
     h.update(np.ascontiguousarray(llm_ids, dtype=np.int64).tobytes())
     return root / f"{split}-{h.hexdigest()[:16]}"
@@ -164,20 +178,22 @@ def score_shard(model, llm_ids: np.ndarray, windows, vocab_llm_ids: torch.Tensor
     from qelm_core.io import atomic_write_bytes
 
     start = time.perf_counter()
-    probs = score_windows(model, llm_ids, windows, vocab_llm_ids, tp.batch_size)
+    probs, full = score_windows(model, llm_ids, windows, vocab_llm_ids, tp.batch_size, full_targets=True)
     meta = {"seconds": repr(time.perf_counter() - start), "params_teacher": str(count_parameters(model))}
-    atomic_write_bytes(path, save({"probs": probs}, metadata=meta))
+    atomic_write_bytes(path, save({"probs": probs, "target_probs_full": full}, metadata=meta))
 
 
-def merge_shards(folder: Path, n_shards: int) -> tuple[np.ndarray, float, int]:
-    """-> (probs in target order, seconds spent scoring them, teacher parameter count)."""
+def merge_shards(folder: Path, n_shards: int) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """-> (projected probs in target order, full-vocabulary target probs, seconds spent scoring them,
+    teacher parameter count)."""
     from safetensors import safe_open
 
-    parts, seconds, n_params = [], 0.0, 0
+    parts, full, seconds, n_params = [], [], 0.0, 0
     for i in range(n_shards):
         with safe_open(str(shard_path(folder, i)), framework="numpy") as f:
             parts.append(f.get_tensor("probs"))
+            full.append(f.get_tensor("target_probs_full"))
             meta = f.metadata()
         seconds += float(meta["seconds"])
         n_params = int(meta["params_teacher"])
-    return np.concatenate(parts), seconds, n_params
+    return np.concatenate(parts), np.concatenate(full), seconds, n_params

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -17,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from qelm_core import run_lease
 from qelm_core.config import Params, Paths, QelmError
 
 EXPERIMENT = "qelm"
@@ -105,56 +105,33 @@ def prefect_flow_run_id() -> str | None:
 @contextmanager
 def pipeline_run(paths: Paths, params: Params, run_id: str | None = None, stage: str = "") -> Iterator[str]:
     """Open (run_id None) or re-open the pipeline's MLflow run. An exception marks it FAILED."""
+    configure(paths)
+
+    def first_tags() -> dict[str, str]:
+        tags = {"git_commit": git_commit(paths), **{f"dvc.md5.{k}": v for k, v in dvc_out_hashes(paths).items()}}
+        if prefect_flow_run_id():
+            tags["prefect.flow_run_id"] = prefect_flow_run_id()
+        return tags
+
+    with _owned_run(EXPERIMENT, params, run_id, stage, first_tags) as opened:
+        yield opened
+
+
+@contextmanager
+def _owned_run(experiment: str, params, run_id: str | None, stage: str, first_tags) -> Iterator[str]:
+    """Every run context: close the experiment's orphans, start or re-open the run, and hold it (owner
+    tags + a lease renewed until exit, run_lease.py) so that no other process takes it for an orphan."""
     import mlflow
 
-    configure(paths)
-    close_orphaned_runs()
-    with mlflow.start_run(run_id=run_id) as run:
+    mlflow.set_experiment(experiment)
+    run_lease.close_orphaned_runs(experiment)
+    with mlflow.start_run(run_id=run_id) as run, run_lease.held(run.info.run_id):
         if run_id is None:
             mlflow.log_params(flatten(params))
-            tags = {"git_commit": git_commit(paths), "qelm.stage": stage, **_owner_tags()}
-            tags.update({f"dvc.md5.{k}": v for k, v in dvc_out_hashes(paths).items()})
-            if prefect_flow_run_id():
-                tags["prefect.flow_run_id"] = prefect_flow_run_id()
-            mlflow.set_tags(tags)
+            mlflow.set_tags({"qelm.stage": stage, **first_tags()})
         else:
-            mlflow.set_tags({"qelm.stage": stage, **_owner_tags()})
+            mlflow.set_tag("qelm.stage", stage)
         yield run.info.run_id
-
-
-def _owner_tags() -> dict[str, str]:
-    return {"qelm.host": socket.gethostname(), "qelm.pid": str(os.getpid())}
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def close_orphaned_runs() -> list[str]:
-    """Runs of this experiment left RUNNING by a qelm process on this host that no longer exists
-    (SIGKILL, power loss: nothing could mark them) are set to KILLED. -> their ids."""
-    from mlflow import MlflowClient
-    from mlflow.entities import RunStatus
-
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        return []
-    host, closed = socket.gethostname(), []
-    for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'", max_results=200):
-        tags = run.data.tags
-        pid = tags.get("qelm.pid", "")
-        if tags.get("qelm.host") == host and pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
-            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-            client.set_tag(run.info.run_id, "qelm.closed_reason", f"process {pid} on {host} ended without closing it")
-            closed.append(run.info.run_id)
-    return closed
 
 
 def log_metrics(metrics: dict, step: int | None = None, prefix: str = "") -> None:
@@ -223,42 +200,61 @@ def log_student_model(student_dir: Path, vocab_size: int, context: int) -> str:
     return info.model_uri
 
 
+def _unless_missing(call, what: str):
+    """call() -> its result, or None when MLflow says RESOURCE_DOES_NOT_EXIST. Any other error (an outage,
+    a 5xx) stops here: read as "not there" it once deleted the champion or promoted past the gate."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    try:
+        return call()
+    except MlflowException as err:
+        if err.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise TrackingError(f"cannot {what} in the MLflow registry ({_first_line(err)}); "
+                            "the registry was left as it was") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
 @contextmanager
 def registered_version(model_uri: str, name: str, tags: dict[str, str]) -> Iterator[str]:
     """A new registered version with tags, alias `challenger` on it; yields its number. If the block
     (or setting the alias) fails, the version is deleted again -- and the registered model too if this
-    created it -- so a failed stage leaves the registry as it found it."""
+    created it and no one added a version meanwhile -- so a failed stage leaves the registry as it found it."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
-    try:
-        client.get_registered_model(name)
-        created = False
-    except MlflowException:
-        created = True
+    created = _unless_missing(lambda: client.get_registered_model(name), f"read model {name}") is None
     version = str(mlflow.register_model(model_uri, name, tags=tags).version)
     try:
         client.set_registered_model_alias(name, "challenger", version)
         yield version
-    except BaseException:
-        if created:
-            client.delete_registered_model(name)
-        else:
+    except BaseException as failure:
+        try:
             client.delete_model_version(name, version)
+            if created and not client.search_model_versions(f"name = '{name}'"):
+                client.delete_registered_model(name)
+        except MlflowException as err:
+            raise TrackingError(f"{name} v{version} could not be deleted after the stage failed "
+                                f"({_first_line(err)}); delete it before `qelm promote`") from failure
         raise
 
 
 def alias_version(name: str, alias: str):
-    """The ModelVersion behind `alias`, or None if the alias (or the model) does not exist."""
+    """The ModelVersion behind `alias`, or None if the alias (or the model) does not exist; any other
+    registry error is a TrackingError, never "no champion" (which would promote without the gate)."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
-    try:
-        return MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException:
+    client = MlflowClient()
+    model = _unless_missing(lambda: client.get_registered_model(name), f"read model {name}")
+    if model is None or alias not in model.aliases:  # a missing alias is INVALID_PARAMETER_VALUE, not 404
         return None
+    return _unless_missing(lambda: client.get_model_version_by_alias(name, alias), f"read {name}@{alias}")
 
 
 def set_alias(name: str, alias: str, version: str, reason: str) -> None:
@@ -347,23 +343,20 @@ def classify_run(paths, params, run_id: str | None = None, stage: str = "") -> I
     """Open (run_id None) or re-open the classify pipeline's MLflow run (experiment `qelm-classify`).
 
     `paths` is a ClassifyPaths (its .root holds mlflow.db), `params` a ClassifyParams."""
-    import mlflow
     import yaml
 
     configure(paths)
-    mlflow.set_experiment(CLASSIFY_EXPERIMENT)
-    with mlflow.start_run(run_id=run_id) as run:
-        if run_id is None:
-            mlflow.log_params(flatten(params))
-            tags = {"git_commit": git_commit(paths), "qelm.stage": stage, "qelm.kind": "classify"}
-            lock = paths.root / "classify" / "dvc.lock"
-            if lock.is_file():
-                stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-                tags.update({f"dvc.md5.{o['path']}": o.get("md5", "") for s in stages.values() for o in s.get("outs", [])})
-            mlflow.set_tags(tags)
-        else:
-            mlflow.set_tag("qelm.stage", stage)
-        yield run.info.run_id
+
+    def first_tags() -> dict[str, str]:
+        tags = {"git_commit": git_commit(paths), "qelm.kind": "classify"}
+        lock = paths.root / "classify" / "dvc.lock"
+        if lock.is_file():
+            stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+            tags.update({f"dvc.md5.{o['path']}": o.get("md5", "") for s in stages.values() for o in s.get("outs", [])})
+        return tags
+
+    with _owned_run(CLASSIFY_EXPERIMENT, params, run_id, stage, first_tags) as opened:
+        yield opened
 
 
 def log_classifier_model(artifacts: dict[str, Path], metadata: dict) -> str:

@@ -1,11 +1,13 @@
 """`qelm bench`: every section in the JSON, skips recorded with a reason, the plot and the MLflow run."""
+import ast
 import json
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from qelm_core.bench import ENGINES, BenchConfig, _skip_reason, check_torch_device
+from qelm_core.bench.config import BenchConfig, check_torch_device
+from qelm_core.bench.engines import ENGINES, _skip_reason
 from qelm_core.cli import app
 from qelm_core.config import QelmError
 from tests.conftest import REPO
@@ -52,7 +54,7 @@ def _check_cells(r):
 def test_quick_bench_without_teacher_writes_every_section(tmp_path, monkeypatch):
     r, plot, output = _bench(tmp_path, monkeypatch, "--no-teacher")
     assert r["schema"] == "qelm-bench/1" and r["quick"] is True
-    assert {"host", "config", "cells", "ratios", "training", "teacher", "plot", "mlflow_run_id"} <= set(r)
+    assert {"host", "config", "cells", "ratios", "training", "threads", "teacher", "plot", "mlflow_run_id"} <= set(r)
     _check_cells(r)
     assert r["teacher"] == {"status": "skipped", "reason": "--no-teacher"}
     assert r["serving"]["status"] == "skipped" and "no qelm-student@champion" in r["serving"]["reason"]
@@ -61,6 +63,7 @@ def test_quick_bench_without_teacher_writes_every_section(tmp_path, monkeypatch)
     assert t["status"] == "ok" and t["tokens_per_s"] > 0 and t["steps"] == 3 and "synthetic" in t["data"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and r["plot"] == str(plot)
     assert "fwd+bwd per call" in output and "skipped: --no-teacher" in output
+    assert set(r["threads"]["students"]) == {"student", "classical"} and "threads: student" in output
 
     import mlflow  # the run is in the bench experiment of the tmp store, with metrics and both artifacts
 
@@ -75,7 +78,7 @@ def test_quick_bench_without_teacher_writes_every_section(tmp_path, monkeypatch)
     again, _, _ = _bench(tmp_path, monkeypatch, "--no-teacher", "--no-mlflow", "--only", "training")
     assert again["cells"] == r["cells"] and again["teacher"] == r["teacher"]
     assert again["training"]["seconds"] != r["training"]["seconds"]
-    assert set(again["sections"]) == {"engines", "training", "teacher", "serving", "dvc"}
+    assert set(again["sections"]) == {"engines", "training", "threads", "teacher", "serving", "dvc"}
     assert again["sections"]["training"]["created"] >= again["sections"]["engines"]["created"]
 
 
@@ -153,3 +156,59 @@ def test_bench_grid_can_be_narrowed(tmp_path, monkeypatch):
     r, _, _ = _bench(tmp_path, monkeypatch, "--no-teacher", "--no-serve", "--no-mlflow", "--n", "4", "--batch", "1")
     assert {(c["engine"], c["n"], c["batch"]) for c in r["cells"]} == {(e, 4, 1) for e in ENGINES}
     assert r["config"]["n_qubits"] == [4] and r["config"]["batches"] == [1]
+
+
+def test_threads_section_times_default_vs_policy_quiet_and_busy(monkeypatch):
+    """The section's JSON on a tiny student (no timing thresholds: the figures depend on the machine)."""
+    import os
+
+    from qelm_core.bench.threads import bench_threads
+    from qelm_core.config import parse_params
+
+    monkeypatch.delenv("QELM_THREADS", raising=False)
+    monkeypatch.setenv("QELM_CORES", "2")
+    before = torch.get_num_threads()
+    params = parse_params({"student": {"n_qubits": 3, "context": 2, "layers": 1}, "train": {"batch_size": 8}})
+    r = bench_threads(params, _cfg(repeats=2))
+    assert r["status"] == "ok" and r["cores_allotted"] == 2 and r["override"] is None and "busy-loop" in r["competitor"]
+    assert r["cpus"] == len(os.sched_getaffinity(0)) and len(r["load_avg_1min"]) == 2 and r["definition"]
+    assert set(r["students"]) == {"student", "classical"}
+    for name, kind in (("student", "quantum"), ("classical", "classical")):
+        s = r["students"][name]
+        assert s["kind"] == kind and s["n_qubits"] == 3 and s["batch"] == 8 and s["work"] == 8 * 2**3
+        assert s["policy_threads"] == 1 and s["default_threads"] == r["cpus"]  # tiny work: one thread
+        assert s["repeats"] == 2 and s["calls_per_repeat"] >= 1
+        for c in ("quiet", "busy"):
+            assert s["default_vs_policy"][c] > 0
+            for t in ("default", "policy"):
+                assert s["ms"][c][t] > 0 and s["tokens_per_s"][c][t] == pytest.approx(8 / s["ms"][c][t] * 1e3)
+        assert set(s["busy_vs_quiet"]) == {"default", "policy"}
+    assert torch.get_num_threads() == before  # the section restores the thread count
+
+
+BENCH_MODULES = ("config", "engines", "memory", "pipeline", "threads")
+
+
+def _bench_imports(name: str) -> set[str]:
+    """qelm_core.bench modules that bench/<name>.py imports (module level or inside functions)."""
+    tree = ast.parse((REPO / "qelm_core" / "bench" / f"{name}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("qelm_core.bench"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("qelm_core.bench")}
+    return found
+
+
+def test_bench_modules_import_one_way():
+    """No import cycle: a section never imports the package (qelm_core.bench, which imports every section)
+    and the sections' imports of each other, module level or in functions, form a DAG."""
+    graph = {m: {i.removeprefix("qelm_core.bench.") for i in _bench_imports(m)} for m in BENCH_MODULES}
+    assert all("qelm_core.bench" not in _bench_imports(m) for m in BENCH_MODULES), graph
+    done: set[str] = set()
+    while len(done) < len(graph):  # peel modules whose imports are all peeled; a cycle would stall this
+        ready = {m for m, deps in graph.items() if m not in done and deps <= done}
+        assert ready, f"import cycle among {sorted(set(graph) - done)}: {graph}"
+        done |= ready
+    assert graph["config"] == set() and graph["memory"] == {"config", "engines"}

@@ -3,6 +3,7 @@ encoder and real SmolLM2 features, 2 seeds, then the registered `qelm-classifier
 import json
 import shutil
 
+import numpy as np
 import pytest
 import yaml
 
@@ -80,3 +81,13 @@ def test_classify_pipeline_end_to_end(tmp_path, monkeypatch):
                                       "dataset": ["sentiment", "topic"]}))
     assert out["label"][0] in ("negative", "positive") and out["label"][1] in result["datasets"]["topic"]["labels"]
     assert abs(sum(out["probs"][1]) - 1) < 1e-6
+
+
+def test_accuracy_and_macro_f1_by_hand():
+    """scikit-learn's metrics, with a class neither present nor predicted counted as F1 0 (the mean is over
+    every class of the dataset, so a student that never predicts a class is not flattered)."""
+    from qelm_core.classify.evaluate import accuracy, macro_f1
+
+    y, pred = np.array([0, 1, 2, 2, 1]), np.array([0, 2, 2, 2, 0])
+    assert accuracy(pred, y) == pytest.approx(0.6)
+    assert macro_f1(pred, y, 4) == pytest.approx((2 / 3 + 0 + 4 / 5 + 0) / 4)

@@ -41,3 +41,23 @@ def test_smoothing_keeps_rows_normalised_and_zero_finite():
     p = smooth(np.array([[1.0, 0.0, 0.0, 0.0]]), 1e-3)
     assert p.sum() == pytest.approx(1.0)
     assert perplexity(target_probs(p, np.array([3]))) == pytest.approx(4 / 1e-3)
+
+
+def test_full_vocabulary_distribution_sums_to_one_and_keeps_in_vocabulary_tokens():
+    """The class-based lift of a V-entry distribution is a distribution over the whole tokenizer vocabulary:
+    in-vocabulary tokens keep their probability, OTHER's is shared among the rest by the train unigram."""
+    from qelm_core.evaluate import FullVocab
+
+    rng = np.random.default_rng(0)
+    size, vocab_llm_ids = 50, np.array([7, 3, 11])  # student ids 1..3; 0 = OTHER
+    train = rng.integers(0, size, 400)
+    full = FullVocab.tuned(vocab_llm_ids, train, rng.integers(0, size, 100), size)
+    probs = rng.dirichlet(np.ones(4), size=2)  # (2, V = 4)
+    student_id = {t: 0 for t in range(size)} | {int(t): i + 1 for i, t in enumerate(vocab_llm_ids)}
+    for row in range(2):
+        every = np.arange(size)
+        p_full = full.target_probs(np.repeat(probs[row:row + 1], size, 0), np.array([student_id[t] for t in every]), every)
+        assert p_full.sum() == pytest.approx(1.0)
+        assert p_full[7] == probs[row, 1] and p_full[11] == probs[row, 3]
+    counts = np.bincount(train, minlength=size).astype(float) + full.k
+    assert full.within_other[0] / full.within_other[1] == pytest.approx(counts[0] / counts[1])

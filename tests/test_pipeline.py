@@ -10,7 +10,10 @@ EVAL_KEYS = ["ppl_quantum", "ppl_quantum_noisy", "ppl_quantum_exact_subset", "pp
              "params_classical", "params_teacher", "bytes_student", "bytes_teacher", "gap_recovered",
              "top1_quantum", "top5_quantum", "top1_classical", "top1_teacher", "top1_bigram", "top1_unigram",
              "ppl_quantum_sd", "ppl_classical_sd", "gap_recovered_sd", "seeds_quantum", "seeds_classical",
-             "ppl_quantum_selected", "ppl_ratio_quantum_classical", "hw_spec_two_qubit_gates"]
+             "ppl_quantum_selected", "ppl_ratio_quantum_classical", "hw_spec_two_qubit_gates",
+             "ppl_full_uniform", "ppl_full_unigram", "ppl_full_bigram", "ppl_full_classical", "ppl_full_quantum",
+             "ppl_full_quantum_sd", "ppl_full_teacher", "ppl_full_quantum_noisy", "gap_recovered_full",
+             "gap_recovered_full_classical", "ppl_full_ratio_quantum_classical"]
 
 
 @pytest.mark.slow
@@ -19,6 +22,10 @@ def test_eval_metrics_hold_every_key_beside_baselines(tiny_repo):
     assert set(EVAL_KEYS) <= set(m)
     assert m["ppl_uniform"] == 16
     assert m["ppl_teacher"] < m["ppl_unigram"] < m["ppl_uniform"]
+    # full tokenizer vocabulary (49,152 entries): the same order, every figure above its V-restricted one
+    assert m["ppl_full_teacher"] < m["ppl_full_unigram"] < m["ppl_full_uniform"] == 49152
+    for name in ("unigram", "bigram", "classical", "quantum"):
+        assert m[f"ppl_full_{name}"] > m[f"ppl_{name}"]
     assert m["params_classical"] <= m["params_embedding"] + m["params_quantum_circuit"] + m["params_quantum_classical"]
     assert m["bytes_student"] == (tiny_repo / "models" / "student" / "model.safetensors").stat().st_size
     train = json.loads((tiny_repo / "metrics" / "train.json").read_text())

@@ -115,6 +115,37 @@ def test_build_student_is_deterministic():
 
 
 @pytest.mark.parametrize("kind", ["quantum", "classical"])
+def test_default_students_compute_the_same_bits_on_1_and_2_threads(kind):
+    """Reproducibility: the default-size students' forward pass and every gradient do not depend on the
+    torch thread count a process gets (pool worker, Dask worker, plain run), so neither do the metrics."""
+    import hashlib
+
+    from qelm_core.config import Params
+
+    base = Params()
+    params = base.model_copy(update={"student": base.student.model_copy(update={"kind": kind})})
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 2 ** params.student.n_qubits, (256, params.student.context), generator=g)
+    y = torch.randint(0, 2 ** params.student.n_qubits, (256,), generator=g)
+
+    def digest(threads: int) -> str:
+        torch.set_num_threads(threads)
+        model = build_student(params, torch.arange(1, 2 ** params.student.n_qubits + 1, dtype=torch.float64))
+        logp = model(x)
+        torch.nn.functional.nll_loss(logp, y).backward()
+        h = hashlib.sha256(logp.detach().numpy().tobytes())
+        for p in model.parameters():
+            h.update(p.grad.numpy().tobytes())
+        return h.hexdigest()
+
+    before = torch.get_num_threads()
+    try:
+        assert digest(1) == digest(2)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind", ["quantum", "classical"])
 def test_save_load_round_trip(tmp_path, kind):
     student = {"kind": kind, "n_qubits": 3, "context": 2, "layers": 2, "log_bias": True}
     params = parse_params({"seed": 3, "student": student})

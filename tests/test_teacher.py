@@ -18,6 +18,28 @@ def test_windows_score_every_target_exactly_once_with_context(n, window, stride)
         assert start == 0 or first - start >= window - stride
 
 
+def test_shard_key_includes_the_scoring_code(tmp_path, monkeypatch):
+    """A change to the code that scores shards (teacher.py, data.py's projection) must not be answered
+    from shards an older version wrote."""
+    import importlib
+
+    from qelm_core import io, teacher
+
+    (tmp_path / "m.gguf").write_bytes(b"w")
+    source = teacher.TeacherSource(tmp_path, "m.gguf")
+    key = lambda: teacher.shard_dir(tmp_path, source, TeacherParams(), "v", "train", np.arange(10))  # noqa: E731
+    before = key()
+    assert key() == before
+    (tmp_path / "scoring.py").write_text("x = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    scoring = importlib.import_module("scoring")
+    digest = io.code_digest(scoring)
+    (tmp_path / "scoring.py").write_text("x = 2\n")
+    assert io.code_digest(scoring) != digest
+    monkeypatch.setattr(io, "code_digest", lambda *modules: "other code")
+    assert key() != before
+
+
 def test_not_a_model_is_a_clear_error(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"nope")
     with pytest.raises(TeacherError, match="is not a model"):

@@ -111,7 +111,6 @@ class RegistryParams(_Strict):
 
 class ClassifyParams(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    threads: int = Field(1, ge=0)  # torch CPU threads per stage; 0 = torch's default (speed only: not a DVC param)
     datasets: dict[str, DatasetParams]
     split: SplitParams = SplitParams()
     features: FeatureParams = FeatureParams()

@@ -122,7 +122,13 @@ def teacher_hidden_size(source) -> int:
 
 
 def _shard_key(encoder_name: str, texts: list[str]) -> str:
-    h = hashlib.sha256(encoder_name.encode() + b"\0")
+    """Encoder settings, the encoding code (this module, the teacher loader) and the texts."""
+    import sys
+
+    from qelm_core import teacher
+    from qelm_core.io import code_digest
+
+    h = hashlib.sha256(f"{encoder_name}\0{code_digest(sys.modules[__name__], teacher)}".encode() + b"\0")
     for t in texts:
         h.update(t.encode("utf-8") + b"\0")
     return h.hexdigest()[:20]

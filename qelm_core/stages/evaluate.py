@@ -10,13 +10,13 @@ from qelm_core.config import Params, Paths
 from qelm_core.data import unigram_probs
 from qelm_core.devices import fake_hardware
 from qelm_core.distill import load_distill_data
-from qelm_core.evaluate import (bigram_table, model_probs, model_scores, noisy_subset, perplexity, seed_stats,
+from qelm_core.evaluate import (bigram_table, load_full_vocab, model_probs, model_scores, perplexity, seed_stats,
                                 target_probs, tune_bigram_k)
 from qelm_core.hardware import cost_report
 from qelm_core.io import atomic_write_json, atomic_write_text
 from qelm_core.plots import perplexity_bars
 from qelm_core.reports import model_card
-from qelm_core.student import load_student
+from qelm_core.student import load_student, noisy_subset
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -26,25 +26,32 @@ def run(params: Params, paths: Paths) -> dict:
     student, cfg = load_student(paths.student)
     classical, ccfg = load_student(paths.root / "models" / "classical")
     k = tune_bigram_k(ids["train"], ids["val"], V)
+    full, llm_y, teacher_full = load_full_vocab(paths.prepared, paths.teacher, vocab)  # ppl_full_*: see evaluate.py
     prev, y = test.contexts[:, -1].numpy(), test.targets.numpy()
-    probs = {"teacher": test.teacher.float().numpy().clip(1e-8), "bigram": bigram_table(ids["train"], V, k)[prev],
+    probs = {"bigram": bigram_table(ids["train"], V, k)[prev],
              "unigram": np.broadcast_to(unigram_probs(ids["train"], V), (len(prev), V))}
-    m: dict = {"ppl_uniform": float(V), "top1_uniform": 1 / V, "top5_uniform": 5 / V, "bigram_k": k}
+    m: dict = {"ppl_uniform": float(V), "top1_uniform": 1 / V, "top5_uniform": 5 / V, "bigram_k": k,
+               "ppl_full_uniform": float(full.size), "full_vocab_k": full.k, "ppl_full_teacher": perplexity(teacher_full)}
+    m.update({f"{key}_teacher": v for key, v in model_scores(test.teacher.float().numpy().clip(1e-8), y).items()})
     for name, p in probs.items():
-        m.update({f"{key}_{name}": value for key, value in model_scores(p, y).items()})
+        m.update({f"{key}_{name}": value for key, value in model_scores(p, y, (full, llm_y)).items()})
     for name, folder in (("quantum", "student"), ("classical", "classical")):  # every seed, same test positions
-        per_seed = [model_scores(model_probs(load_student(f)[0], test.contexts), y)
+        per_seed = [model_scores(model_probs(load_student(f)[0], test.contexts), y, (full, llm_y))
                     for f in sorted((paths.root / "models" / "seeds").glob(f"{folder}-s*"))]
-        m.update(seed_stats(name, per_seed, m["ppl_unigram"], m["ppl_teacher"]))
+        m.update(seed_stats(name, per_seed, m["ppl_unigram"], m["ppl_teacher"],
+                            (m["ppl_full_unigram"], m["ppl_full_teacher"])))
     m.update(ppl_quantum_selected=model_scores(model_probs(student, test.contexts), y)["ppl"],
              ppl_classical_selected=model_scores(model_probs(classical, test.contexts), y)["ppl"],
-             selected_seed=cfg["seed"], ppl_ratio_quantum_classical=m["ppl_quantum"] / m["ppl_classical"])
+             selected_seed=cfg["seed"], ppl_ratio_quantum_classical=m["ppl_quantum"] / m["ppl_classical"],
+             ppl_full_ratio_quantum_classical=m["ppl_full_quantum"] / m["ppl_full_classical"])
     if params.evaluate.noisy_positions:
-        noisy, exact, tgt, zeros = noisy_subset(student, test.contexts, y, params.evaluate.noisy_positions,
-                                                fake_hardware(params.evaluate.noisy_backend), params.evaluate.shots,
-                                                params.evaluate.smoothing, params.seed)
+        noisy, exact, tgt, zeros, pick = noisy_subset(student, test.contexts, y, params.evaluate.noisy_positions,
+                                                      fake_hardware(params.evaluate.noisy_backend),
+                                                      params.evaluate.shots, params.evaluate.smoothing, params.seed)
         m.update(ppl_quantum_noisy=perplexity(target_probs(noisy, tgt)),
                  ppl_quantum_exact_subset=perplexity(target_probs(exact, tgt)),
+                 ppl_full_quantum_noisy=perplexity(full.target_probs(noisy, tgt, llm_y[pick])),
+                 ppl_full_quantum_exact_subset=perplexity(full.target_probs(exact, tgt, llm_y[pick])),
                  noisy_zero_prob_targets=zeros, noisy_smoothing=params.evaluate.smoothing)
     if params.evaluate.hardware_backend and cfg["kind"] == "quantum":  # cost on hardware: hw_* (estimates)
         m.update(cost_report(student.spec, params.evaluate.hardware_backend, params.evaluate.shots, len(y),

@@ -37,6 +37,7 @@ def run(params: Params, paths: Paths) -> dict:
     validate_prepared(id_splits, vocab.size, fractions, min_tokens)
 
     stats = {"documents": [d.name for d in docs], "vocab_size": vocab.size, "vocab_hash": vocab.digest(),
+             "tokenizer_vocab_size": len(tokenizer),
              **{f"tokens_{s}": int(len(id_splits[s])) for s in SPLITS},
              **{f"other_rate_{s}": float(np.mean(id_splits[s] == 0)) for s in SPLITS}}
     manifest = [{"name": d.name, "source": str(d.path), "bytes": len(d.raw),

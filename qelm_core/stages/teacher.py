@@ -77,11 +77,13 @@ def run(params: Params, paths: Paths) -> dict:
     with atomic_dir(paths.teacher) as tmp:
         for split in SPLITS:
             folder, shards = plans[split]
-            (probs, secs, n_params), targets = merge_shards(folder, len(shards)), ids[split][1:]
+            (probs, full, secs, n_params), targets = merge_shards(folder, len(shards)), ids[split][1:]
             validate_teacher(split, probs, targets, len(ids[split]) - 1)
-            save_file({"probs": probs, "targets": targets.astype(np.int32)}, str(tmp / f"{split}.safetensors"))
+            save_file({"probs": probs, "targets": targets.astype(np.int32), "target_probs_full": full},
+                      str(tmp / f"{split}.safetensors"))
             if split != "train":  # fp16 storage can round a tiny probability to 0: floor at 1e-8
                 metrics[f"ppl_teacher_{split}"] = perplexity(target_probs(probs, targets).clip(1e-8))
+                metrics[f"ppl_full_teacher_{split}"] = perplexity(full.astype(np.float64).clip(1e-12))
             metrics[f"tokens_{split}"] = int(len(targets))
             scored, seconds = scored + len(targets), seconds + secs
         metrics["ppl_uniform"] = ppl_uniform(vocab.size)

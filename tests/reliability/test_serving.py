@@ -1,4 +1,5 @@
-"""The champion served over REST (`mlflow models serve`): malformed requests get a 4xx with a message and
+"""The champion served over REST (`qelm serve-model`: MLflow's scoring server behind a request-size limit):
+malformed requests get a 4xx with a message (a body over 1 MiB a fast 413) and
 the server keeps answering; a bounded load (2,000 requests, 8 clients) completes without errors."""
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def assert_serving(url: str) -> None:
 
 
 BIG_VALID = json.dumps({"dataframe_split": {"columns": ["context_ids"], "data": [[[1, 2]]] * 900_000}}).encode()
+TOO_MANY_ROWS = frame("context_ids", [[1, 2]] * 10_001)  # ~100 kB: under the size limit, over MAX_ROWS
+TOO_LARGE = "over the limit of 1,048,576 bytes"  # qelm_core/scoring_app.py: answered 413 before parsing
 
 
 @pytest.mark.parametrize("body, needle", [
@@ -57,13 +60,15 @@ BIG_VALID = json.dumps({"dataframe_split": {"columns": ["context_ids"], "data": 
     (frame("context_ids", []), "no rows"),
     (frame("colour", ["red"]), ""),
     (b"{this is not json", ""),
-    (b"\x00\xff" * 5_000_000, ""),
-    (BIG_VALID, "at most 10000"),
+    (b"\x00\xff" * 5_000_000, TOO_LARGE),
+    (BIG_VALID, TOO_LARGE),
+    (TOO_MANY_ROWS, "at most 10000"),
 ], ids=["strings", "floats", "empty-text", "empty-ids", "id-too-large", "id-negative", "too-many-ids", "no-rows",
-        "unknown-column", "not-json", "10MB-binary", "10MB-json"])
+        "unknown-column", "not-json", "10MB-binary", "10MB-json", "too-many-rows"])
 def test_malformed_request_gets_a_4xx_with_a_message_and_serving_goes_on(server, body, needle):
     status, text = post(server, body, timeout=300)
     assert 400 <= status < 500, f"{status}: {text[:500]}"
+    assert (status == 413) == (needle == TOO_LARGE), f"{status}: {text[:500]}"
     message = json.loads(text)["message"]
     assert message and needle in message, message[:500]
     if needle:  # our messages are one line; MLflow's own parse errors echo the whole body back (upstream)

@@ -1,6 +1,7 @@
 """One thin entry point per classify stage: `qelm classify-<stage>` or `python -m qelm_core.classify.stages.<stage>`.
 
-Each module has `run(params, paths) -> dict`; `run_stage` loads classify/params.yaml and calls it.
+Each module has `run(params, paths) -> dict`; `run_stage` loads classify/params.yaml, sets torch's
+threads from the stage's work (qelm_core/threads.py) and calls it.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from qelm_core import threads
 from qelm_core.classify.config import DEFAULT_PARAMS, ClassifyPaths, load_classify_params
 from qelm_core.config import QelmError
 
@@ -19,10 +21,7 @@ def run_stage(name: str, params_path: str | Path = DEFAULT_PARAMS) -> dict:
     if name not in STAGES:
         raise QelmError(f"unknown classify stage {name!r}; one of {', '.join(STAGES)}")
     params = load_classify_params(params_path)
-    if params.threads:
-        import torch
-
-        torch.set_num_threads(params.threads)  # 1: on shared cores, 2 threads ran 2-6x slower (measured)
+    threads.use(threads.stage_work(f"classify-{name}", params.student.n_qubits, params.train.batch_size))
     return importlib.import_module(f"qelm_core.classify.stages.{name}").run(params, ClassifyPaths.here())
 
 

@@ -7,7 +7,7 @@ import json
 from qelm_core import tracking
 from qelm_core.classify.config import ClassifyParams, ClassifyPaths
 from qelm_core.classify.evaluate import evaluate_dataset, results_table
-from qelm_core.classify.plots import accuracy_bars
+from qelm_core.plots import accuracy_bars
 from qelm_core.io import atomic_write_json, atomic_write_text
 
 

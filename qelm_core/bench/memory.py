@@ -4,17 +4,11 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from qelm_core.bench import BenchConfig
-
-
-def _proc_kib(key: str, path: str = "/proc/self/status") -> int:
-    with open(path) as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+from qelm_core.bench.config import BenchConfig, proc_kib
+from qelm_core.bench.engines import make_step
 
 
 def _reset_peak_rss() -> bool:
@@ -28,19 +22,17 @@ def _reset_peak_rss() -> bool:
 
 def memory_child(engine: str, n: int, context: int, layers: int, batch: int, torch_device: str) -> dict:
     """Runs in a fresh process: peak RSS growth of one fwd+bwd after a batch-1 call has loaded everything."""
-    from qelm_core.bench import make_step
-
     make_step(engine, n, context, layers, 1, torch_device)()
     step = make_step(engine, n, context, layers, batch, torch_device)
     gc.collect()
     exact = _reset_peak_rss()
-    base = _proc_kib("VmRSS")
+    base = proc_kib("VmRSS")
     cuda = torch_device.startswith("cuda") and engine != "lightning.qubit"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         cuda_base = torch.cuda.memory_allocated()
     step()
-    out = {"peak_extra_mib": (_proc_kib("VmHWM") - base) / 1024,
+    out = {"peak_extra_mib": (proc_kib("VmHWM") - base) / 1024,
            "memory_note": "peak RSS - RSS before, one fwd+bwd, fresh process" if exact
            else "peak RSS could not be reset: includes set-up"}
     if cuda:
@@ -61,7 +53,7 @@ class MemoryProbe:
 
     def __init__(self) -> None:
         self.ctx = multiprocessing.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["qelm_core.bench", "qelm_core.bench_memory", "pennylane", "pennylane_lightning.lightning_qubit"])
+        self.ctx.set_forkserver_preload(["qelm_core.bench.memory", "pennylane", "pennylane_lightning.lightning_qubit"])
 
     def measure(self, engine: str, n: int, batch: int, cfg: BenchConfig) -> dict:
         if not os.path.exists("/proc/self/status"):
@@ -81,9 +73,3 @@ class MemoryProbe:
             proc.join()
             recv.close()
 
-
-def mem_available_mib() -> float:
-    try:
-        return _proc_kib("MemAvailable", "/proc/meminfo") / 1024
-    except (OSError, StopIteration):  # not Linux
-        return 8192.0

@@ -1,7 +1,7 @@
 """`qelm bench`, second half: the pipeline's own throughput (teacher inference vs a bare transformers
 forward of the same batches; training tokens/s of the default config), REST serving latency of the
 registered champion under a bounded load, and (opt-in, long) a cold + no-op `dvc repro` of the
-committed pipeline in a fresh clone. Engines: qelm_core/bench.py.
+committed pipeline in a fresh clone. Engines: bench/engines.py.
 """
 from __future__ import annotations
 
@@ -14,15 +14,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
+from qelm_core import threads as policy
+from qelm_core.bench.config import BenchConfig
 from qelm_core.config import Params, Paths, QelmError
-
-if TYPE_CHECKING:
-    from qelm_core.bench import BenchConfig
 
 TEACHER_TARGET = 0.9  # pipeline tokens/s >= 0.9 x bare transformers forward
 REPRO_TARGET_S, NOOP_TARGET_S = 600.0, 3.0  # default `dvc repro` on 2 cores; a no-op `dvc repro`
@@ -60,6 +57,7 @@ def bench_teacher(params: Params, paths: Paths, cfg: BenchConfig, repeats: int) 
     from qelm_core.config import TeacherParams
     from qelm_core.teacher import load_teacher, plan_windows, resolve_teacher, score_windows
 
+    torch_threads = policy.use(policy.LARGE)  # as the teacher stage runs
     source = resolve_teacher(params.teacher.model)
     start = time.perf_counter()
     model = load_teacher(source)
@@ -81,8 +79,9 @@ def bench_teacher(params: Params, paths: Paths, cfg: BenchConfig, repeats: int) 
     tokens = sum(e - s for s, e, _ in windows)
     ratio = statistics.median(b / p for p, b in zip(times["pipeline"], times["bare"]))
     return {"status": "ok", "reason": None, "model": source.name, "data": data, "load_seconds": load_s,
-            "windows": len(windows), "window": tp.window, "stride": tp.stride, "batch_size": tp.batch_size,
-            "tokens": tokens, "scored_targets": sum(e - f for _, e, f in windows), "repeats": repeats,
+            "torch_threads": torch_threads, "windows": len(windows), "window": tp.window, "stride": tp.stride,
+            "batch_size": tp.batch_size, "tokens": tokens, "scored_targets": sum(e - f for _, e, f in windows),
+            "repeats": repeats,
             "pipeline_tokens_per_s": tokens / statistics.median(times["pipeline"]),
             "bare_tokens_per_s": tokens / statistics.median(times["bare"]),
             "pipeline_vs_bare": ratio, "target": TEACHER_TARGET, "meets_target": bool(ratio >= TEACHER_TARGET),
@@ -135,13 +134,14 @@ def bench_training(params: Params, paths: Paths, cfg: BenchConfig) -> dict:
     tp = params.train.model_copy(update={"steps": steps, "eval_every": steps, "checkpoint_every": steps,
                                          "early_stop_patience": 0})
     model = build_student(params, torch.as_tensor(counts, dtype=torch.float64))
+    torch_threads = policy.use(policy.student_work(params.student.n_qubits, tp.batch_size))  # as train_job
     with tempfile.TemporaryDirectory() as tmp:
         result = train(model, data["train"], val, tp, params.seed, Path(tmp) / "bench.safetensors", "bench")
     sp = params.student
     return {"status": "ok", "reason": None, "data": source, "kind": sp.kind, "engine": sp.engine,
             "n_qubits": sp.n_qubits, "context": sp.context, "layers": sp.layers, "device": params.device.name,
-            "torch_device": params.device.torch_device, "batch_size": tp.batch_size, "steps": result.steps,
-            "seconds": result.seconds, "tokens_per_s": result.samples_per_s,
+            "torch_device": params.device.torch_device, "torch_threads": torch_threads, "batch_size": tp.batch_size,
+            "steps": result.steps, "seconds": result.seconds, "tokens_per_s": result.samples_per_s,
             "definition": "training target tokens/s of params.yaml's student, end to end: batches, loss, "
                           f"backward, Adam, one validation pass (<= {m} positions), checkpoint writes"}
 
@@ -150,7 +150,7 @@ def bench_training(params: Params, paths: Paths, cfg: BenchConfig) -> dict:
 
 
 def bench_serving(params: Params, paths: Paths, requests: int, clients: int) -> dict:
-    """`mlflow models serve` of <model_name>@champion; `requests` POSTs of one random context each from
+    """<model_name>@champion served as `qelm serve-model` serves it; `requests` POSTs of one random context each from
     `clients` concurrent connections on 127.0.0.1 (figures, not assertions: errors are counted)."""
     from qelm_core import tracking
     from qelm_core.serving import context_ids_body, load_test, model_server, post
@@ -171,7 +171,8 @@ def bench_serving(params: Params, paths: Paths, requests: int, clients: int) -> 
         result = load_test(url, bodies, requests=requests, clients=clients)
     return {"status": "ok", "reason": None, "model": f"{name} v{champion.version} (champion)", **result,
             "definition": "latency of one POST /invocations (1 row of context_ids) per request, measured by "
-                          "the client over keep-alive connections; mlflow models serve, 1 worker, local env"}
+                          "the client over keep-alive connections; MLflow's scoring server (qelm serve-model), "
+                          "1 worker"}
 
 
 # ------------------------------------------------------------------ dvc repro: cold and no-op, in a fresh clone
