@@ -258,27 +258,6 @@ def test_sweep_shares_upstream_work_compares_and_registers_the_best(harness, fak
     assert {"sweep/pareto.png", "sweep/summary.json"} <= {a.path for a in client.list_artifacts(run.info.run_id, "sweep")}
 
 
-def test_sweep_winner_is_chosen_within_one_vocabulary():
-    """Perplexities over V = 16 and V = 64 are not comparable: the V = 16 point's lower figure must not win
-    the V = 64 registration (the old rule took the lowest validation perplexity over all points)."""
-    from flows import report
-
-    def row(label, n, val):
-        return {"label": label, "n_qubits": n, "layers": 2, "alpha": 0.5, "seed": 0, "kind": "quantum",
-                "params": 10 * n, "val_ppl": val, "test_ppl": val + 0.1, "ppl_unigram": 9.0, "ppl_bigram": 8.0,
-                "ppl_teacher": 3.0, "mlflow_run_id": ""}
-
-    table = [row("q4-a", 4, 3.0), row("q6-a", 6, 9.0), row("q6-b", 6, 8.0),
-             {**row("c6", 6, 1.0), "kind": "classical"}]
-    assert {n: w["label"] for n, w in report.winners(table).items()} == {4: "q4-a", 6: "q6-b"}
-    assert report.registered_winner(table, 6)["label"] == "q6-b"
-    with pytest.raises(ValueError, match="n_qubits = 8"):
-        report.registered_winner(table, 8)
-    text = report.markdown(report.summarize(table), table, report.registered_winner(table, 6), "http://x")
-    assert "V = 16: **q4-a**" in text and "V = 64: **q6-b**" in text and "registered as challenger" in text
-    assert text.count("registered as challenger") == 1
-
-
 def test_retries_only_for_transient_failures():
     from prefect.states import Failed
 
