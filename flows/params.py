@@ -7,14 +7,13 @@ code every stage uses, which raises a one-line ConfigError naming the key.
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.workspace import Workspace, value_at
 from qelm_core.config import ConfigError, Params, Paths, load_params
 from qelm_core.devices import DEVICE_NAMES
 
@@ -81,15 +80,15 @@ def nest(dotted: dict[str, Any]) -> dict:
 class RunConfig:
     """Everything one pipeline run needs, decided (and validated) before any stage starts."""
 
-    ws: Workspace
-    params: Params  # effective values as written (relative paths stay relative: they go into cache keys)
-    stage_params: Params  # the same with project-relative paths made absolute: what the stages get
+    project: Path  # the repository (its dvc.yaml, DVC cache, MLflow store)
+    params: Params  # params.yaml + overrides, validated
+    dotted: dict[str, Any]  # the overrides as dotted params.yaml keys: what the run's workspace gets
     tracking_uri: str
-    label: str = ""
+    label: str = ""  # a sweep point's name ("" for a single run)
 
 
 def anchor(params: Params, project: Path) -> Params:
-    """Corpus / teacher paths relative to the project made absolute (stages run in other folders)."""
+    """Corpus / teacher paths relative to the project made absolute (for checks made from elsewhere)."""
     data, teacher = params.data, params.teacher
     if not Path(data.corpus).is_absolute() and (project / data.corpus).exists():
         data = data.model_copy(update={"corpus": str(project / data.corpus)})
@@ -119,17 +118,17 @@ def preflight(params: Params, paths: Paths) -> None:
         tracking.configure(paths)
 
 
-def resolve(overrides: Overrides, params_file: str = "params.yaml", project_root: str | None = None,
-            work_dir: str | None = None, extra: dict[str, Any] | None = None, label: str = "") -> RunConfig:
+def resolve(overrides: Overrides, project_root: str | None = None, extra: dict[str, Any] | None = None,
+            label: str = "") -> RunConfig:
+    from flows.experiment import stage_names
     from qelm_core import tracking
 
     project = Path(project_root).resolve() if project_root else Paths.here().root
-    path = Path(params_file) if Path(params_file).is_absolute() else project / params_file
-    params = load_with(path, {**overrides.dotted(), **(extra or {})})
-    stage_params = anchor(params, project)
-    preflight(stage_params, Paths(project))
-    ws = Workspace.open(project, Path(work_dir) if work_dir else None)
-    return RunConfig(ws, params, stage_params, tracking.tracking_uri(Paths(project)), label)
+    stage_names(project)  # no dvc.yaml: one line now
+    dotted = {**overrides.dotted(), **(extra or {})}
+    params = load_with(project / "params.yaml", dotted)
+    preflight(anchor(params, project), Paths(project))
+    return RunConfig(project, params, dotted, tracking.tracking_uri(Paths(project)), label)
 
 
 class SweepGrid(BaseModel):
@@ -159,22 +158,29 @@ class SweepGrid(BaseModel):
         return out
 
 
-def resolve_grid(grid: SweepGrid, overrides: Overrides, params_file: str = "params.yaml",
-                 project_root: str | None = None, work_dir: str | None = None) -> list[RunConfig]:
+def resolve_grid(grid: SweepGrid, overrides: Overrides, project_root: str | None = None) -> list[RunConfig]:
     """One RunConfig per grid point, all validated before anything runs (the label names a bad one)."""
     if not (grid.layers and grid.alpha and grid.seeds):
         raise ConfigError("sweep grid: layers, alpha and seeds each need at least one value")
-    base = resolve(overrides, params_file, project_root, work_dir)
+    base = resolve(overrides, project_root)
     runs = []
     for label, point in grid.points(base.params):
         try:
-            runs.append(resolve(overrides, params_file, project_root, work_dir, point, label))
+            runs.append(resolve(overrides, project_root, point, label))
         except ConfigError as err:
             raise ConfigError(f"sweep point {label}: {err}") from None
     return runs
 
 
-def upstream_signature(run: RunConfig, stages: list[str]) -> str:
-    """Equal for runs whose `stages` have equal params (they can share those stages' folders)."""
-    keys = sorted({k for s in stages for k in run.ws.spec(s).params})
-    return json.dumps({k: value_at(run.params, k) for k in keys}, sort_keys=True)
+def upstream_signature(run: RunConfig, stages: list[str]) -> tuple:
+    """Equal for runs whose `stages` get equal params (DVC restores the later ones from the run-cache)."""
+    spec = yaml.safe_load((run.project / "dvc.yaml").read_text())["stages"]
+    keys = sorted({k for s in stages for k in spec[s].get("params", [])})
+    values = run.params.model_dump(mode="json")
+    return tuple((k, repr(_value_at(values, k))) for k in keys)
+
+
+def _value_at(node: dict, key: str):
+    for part in key.split("."):
+        node = node[part]
+    return node

@@ -1,8 +1,8 @@
 """The Dask task runner shared by teacher inference and the sweep.
 
-An existing scheduler: the flow parameter `dask_address` or $QELM_DASK_ADDRESS (e.g.
+An existing scheduler: `address` or $QELM_DASK_ADDRESS (e.g.
 tcp://10.0.0.5:8786; its workers need this environment and the project's folders on a shared
-path). Otherwise a LocalCluster started for the subflow and closed after it: `dask_workers` or
+path). Otherwise a LocalCluster started for the subflow and closed after it: `n_workers` or
 $QELM_DASK_WORKERS worker processes (default: min(4, cores)), one task thread each, each allotted
 cores // workers (qelm_core/threads.py: their torch threads add up to the cores; within its share a
 worker's thread count follows the work, e.g. 1 for a small student), reporting to the same Prefect API
@@ -27,7 +27,7 @@ def dask_runner(address: str | None = None, n_workers: int | None = None) -> Das
     except ValueError:
         raise ConfigError(f"QELM_DASK_WORKERS={os.environ['QELM_DASK_WORKERS']!r} is not a number of workers") from None
     if n < 1:
-        raise ConfigError(f"dask_workers: {n} workers; give at least 1")
+        raise ConfigError(f"QELM_DASK_WORKERS: {n} workers; give at least 1")
     # each Dask worker trains in its own process (no nested training pool): the workers are the parallelism
     env = {**threads.child_env(threads.split(n)), "QELM_TRAIN_WORKERS": "1", **prefect_env()}
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={

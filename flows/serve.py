@@ -5,8 +5,8 @@
     qelm serve                                 # or: python -m flows.serve
     prefect deployment run 'qelm-pipeline/default' -p overrides='{"layers": 4}'
 
-Flow runs execute in subprocesses of this one, in its working directory (the project root, or
-$QELM_ROOT), so they see the same params.yaml, code, .qelm/ stage folders and mlflow.db.
+Flow runs execute in subprocesses of this one, for the project in its working directory (or
+$QELM_ROOT): each one a DVC experiment on that project's params.yaml, code, DVC cache and mlflow.db.
 """
 from __future__ import annotations
 

@@ -1,20 +1,36 @@
 """The `qelm` command: one sub-command per pipeline stage plus the user tools around them.
 
 Every command reads params.yaml once, runs, and turns a QelmError into one line on stderr and
-exit code 2 (anything else is a bug and keeps its traceback). Torch threads: qelm_core/threads.py, its
-variables checked at start, the count set per stage (and command) from its work.
+exit code 2; an error that may pass by itself (I/O, memory, network: is_transient) keeps its
+traceback and exits 75, which the flows retry; anything else is a bug and keeps its traceback.
+Torch threads: qelm_core/threads.py, its variables checked at start, the count set per stage (and
+command) from its work.
 """
 from __future__ import annotations
 
 import importlib
 import json
 import signal
+import traceback
 from pathlib import Path
 
 import typer
 
 from qelm_core import threads
 from qelm_core.config import Paths, QelmError, load_params
+
+EXIT_TRANSIENT = 75  # sysexits EX_TEMPFAIL: a stage failed on something that may pass by itself (flows retry it)
+TRANSIENT_ERRORS = (OSError, MemoryError, TimeoutError)  # OSError covers ConnectionError and requests' errors
+TRANSIENT_MODULES = ("qiskit_ibm_runtime", "requests", "urllib3", "httpx")
+PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def is_transient(err: BaseException) -> bool:
+    """I/O, memory, network and IBM-service errors; never bad input (QelmError) or a bug."""
+    if isinstance(err, (QelmError, *PERMANENT_OS_ERRORS)):  # the same input fails the same way again
+        return False
+    return isinstance(err, TRANSIENT_ERRORS) or type(err).__module__.split(".")[0] in TRANSIENT_MODULES
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="qelm: distil an LLM into a quantum student.")
 PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params file")
@@ -33,6 +49,11 @@ def run_stage(name: str, params_path: Path) -> dict:
         result = stage.run(params, Paths.here())
     except QelmError as err:
         fail(str(err))
+    except Exception as err:
+        if not is_transient(err):
+            raise
+        traceback.print_exc()
+        raise typer.Exit(EXIT_TRANSIENT) from None
     typer.echo(json.dumps(result, indent=2, default=str))
     return result
 

@@ -125,10 +125,12 @@ def _owned_run(experiment: str, params, run_id: str | None, stage: str, first_ta
 
     mlflow.set_experiment(experiment)
     run_lease.close_orphaned_runs(experiment)
-    with mlflow.start_run(run_id=run_id) as run, run_lease.held(run.info.run_id):
+    # QELM_RUN_NAME: the flow run's DVC experiment name (flows/experiment.py), so the two find each other
+    name = (os.environ.get("QELM_RUN_NAME") or None) if run_id is None else None
+    with mlflow.start_run(run_id=run_id, run_name=name) as run, run_lease.held(run.info.run_id):
         if run_id is None:
             mlflow.log_params(flatten(params))
-            mlflow.set_tags({"qelm.stage": stage, **first_tags()})
+            mlflow.set_tags({"qelm.stage": stage, **first_tags(), **({"dvc.exp_name": name} if name else {})})
         else:
             mlflow.set_tag("qelm.stage", stage)
         yield run.info.run_id
@@ -156,11 +158,13 @@ def log_dataset(name: str, ids, source: str, digest: str, context: str) -> None:
 
 
 def run_url(run_id: str) -> str:
+    """The run's page: on the tracking server, or for a file/database store where `mlflow ui` serves it
+    ($QELM_MLFLOW_UI_URL, default mlflow ui's http://127.0.0.1:5000)."""
     import mlflow
 
     uri = mlflow.get_tracking_uri()
     exp = mlflow.get_run(run_id).info.experiment_id
-    base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
+    base = uri if uri.startswith("http") else os.environ.get("QELM_MLFLOW_UI_URL", "http://127.0.0.1:5000")
     return f"{base.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
 
 

@@ -1,8 +1,8 @@
-"""Prefect orchestration (flows/): stage order from dvc.yaml, overrides, fail-fast, caching, Dask shards,
+"""Prefect orchestration (flows/): stage order from dvc.yaml, overrides, fail-fast, DVC experiments and run-cache, Dask shards,
 and a served deployment triggered through a real `prefect server`.
 
-The fast tests run the real flow under `prefect_test_harness` with the stage functions replaced by
-fakes that write the declared outputs (no model, no MLflow); the slow ones run the real stages.
+The fast tests run the real flows, DVC and git under `prefect_test_harness` on a toy project whose
+stages (the real names, order, params and outputs) are a small script; the slow ones run the real stages.
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,8 @@ import pytest
 import yaml
 
 from qelm_core.serving import free_port
-from tests.conftest import REPO, TINY_PARAMS, make_pipeline_repo, write_params
+from qelm_core.config import _merge
+from tests.conftest import REPO, TINY_PARAMS, make_pipeline_repo, run, write_params
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 DVC_STAGES = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
@@ -52,70 +52,60 @@ def mlflow_globals(monkeypatch):
         mlflow.set_registry_uri(None)
 
 
-# ------------------------------------------------------------------ fast: fake stages
+# ------------------------------------------------------------------ fast: a toy DVC project
 
 
-def _declared_outs(name: str) -> list[str]:
-    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][name]
-    return [e if isinstance(e, str) else next(iter(e)) for k in ("outs", "metrics", "plots") for e in stage.get(k, [])]
+def toy_dvc_yaml() -> dict:
+    """The project's dvc.yaml with every command `python stage.py <stage>` and code deps -> stage.py."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    produced: set[str] = set()
+    for name, stage in stages.items():
+        stage["cmd"] = f"python stage.py {name}"
+        stage["deps"] = ["stage.py", *[d for d in stage.get("deps", []) if d in produced]]
+        produced |= {e if isinstance(e, str) else next(iter(e))
+                     for k in ("outs", "metrics", "plots") for e in stage.get(k, [])}
+    return {"stages": stages}
 
 
-FAKE_METRICS = {  # what the sweep report reads from train / evaluate; the quantum student improves with layers
-    "train": lambda p: {"student_params_total": 40 * p.student.layers, "classical_params_total": 85,
-                        "student_val_ppl": 5.0 - 0.5 * p.student.layers + 0.1 * p.seed, "classical_val_ppl": 4.0},
-    "evaluate": lambda p: {"ppl_quantum": 5.1 - 0.5 * p.student.layers + 0.1 * p.seed, "ppl_classical": 4.1,
-                           "ppl_unigram": 4.5, "ppl_bigram": 3.5, "ppl_teacher": 2.5},
-}
+class Calls:
+    """The toy stages' call records ($TOY_CALLS), read fresh each time."""
 
+    def __init__(self, path: Path):
+        self.path = path
 
-class Calls(list):
-    """(stage, params, root) per fake stage call; `spans` = (root, start, end); `delay` holds each call."""
+    def __call__(self) -> list[dict]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
 
-    def __init__(self):
-        super().__init__()
-        self.spans, self.delay, self.entered = [], 0.0, threading.Event()
+    def stages(self) -> list[str]:
+        return [c["stage"] for c in self()]
 
-
-@pytest.fixture
-def fake_stages(monkeypatch):
-    """Replace every stage's run() by a recorder writing its declared outputs (content = its params)."""
-    import importlib
-
-    calls = Calls()
-
-    def fake(name):
-        def run(params, paths):
-            start = time.monotonic()
-            calls.entered.set()
-            text = json.dumps({"stage": name, "params": params.model_dump(mode="json")}, sort_keys=True)
-            for out in _declared_outs(name):
-                target = paths.root / out
-                if Path(out).suffix:  # a file
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_text(text)
-                else:
-                    target.mkdir(parents=True, exist_ok=True)
-                    (target / "out.txt").write_text(text)
-            time.sleep(calls.delay)
-            calls.spans.append((paths.root, start, time.monotonic()))
-            calls.append((name, params, paths.root))
-            return {"stage": name, "mlflow_run_id": None, **FAKE_METRICS.get(name, lambda p: {})(params)}
-        return run
-
-    for name in DVC_STAGES:
-        monkeypatch.setattr(importlib.import_module(f"qelm_core.stages.{name}"), "run", fake(name))
-    monkeypatch.setattr("qelm_core.stages.teacher.pending_shards", lambda params, paths: [])
-    return calls
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 @pytest.fixture
-def project(tmp_path) -> Path:
-    """dvc.yaml + params.yaml + a small corpus: all the flow reads from a project (code deps: the package)."""
-    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
-    (tmp_path / "corpus").mkdir()
-    (tmp_path / "corpus" / "macbeth.txt").write_text("When shall we three meet again\n" * 20)
-    write_params(tmp_path, TINY_PARAMS)
-    return tmp_path
+def project(tmp_path, monkeypatch) -> Path:
+    """A git + DVC repo: the project's stages (names, order, params, outputs) run by tests/toy_stage.py."""
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "dvc.yaml").write_text(yaml.safe_dump(toy_dvc_yaml(), sort_keys=False))
+    shutil.copy(REPO / "tests" / "toy_stage.py", root / "stage.py")
+    (root / "corpus").mkdir()
+    (root / "corpus" / "macbeth.txt").write_text("When shall we three meet again\n" * 20)
+    shutil.copy(REPO / ".gitignore", root / ".gitignore")
+    write_params(root, _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS))
+    for cmd in (["git", "init", "-q", "-b", "main"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
+                ["git", "add", "-A"], ["git", "commit", "-q", "-m", "toy"]):
+        run(cmd, root)
+    monkeypatch.setenv("QELM_ROOT", str(root))
+    monkeypatch.setenv("TOY_CALLS", str(tmp_path / "calls.jsonl"))
+    monkeypatch.setattr("qelm_core.stages.teacher.pending_shards", lambda params, paths: [])  # toy data: no shards
+    return root
+
+
+@pytest.fixture
+def calls(project) -> Calls:
+    return Calls(Path(os.environ["TOY_CALLS"]))
 
 
 def stage_task_runs(flow_run_id) -> list[str]:
@@ -128,165 +118,166 @@ def stage_task_runs(flow_run_id) -> list[str]:
     return [r.name for r in sorted(runs, key=lambda r: r.start_time or r.expected_start_time)]
 
 
-def test_task_order_is_the_dvc_yaml_stage_order(harness, fake_stages, project):
+def dvc_experiments(project: Path) -> dict[str, dict]:
+    """`dvc exp show --json` -> {experiment name: {"params": params.yaml, "metrics": {file: data}}}."""
+    out = {}
+    for baseline in json.loads(run(["dvc", "exp", "show", "--json"], project).stdout):
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                out[rev["name"]] = {"params": data["params"]["params.yaml"]["data"],
+                                    "metrics": {k: v["data"] for k, v in data["metrics"].items() if "data" in v}}
+    return out
+
+
+def test_task_order_is_the_dvc_yaml_stage_order_and_the_run_is_a_dvc_experiment(harness, project, calls):
+    from flows.experiment import FOLDER
     from flows.pipeline import pipeline
 
-    state = pipeline(project_root=str(project), return_state=True)
+    state = pipeline(return_state=True)
     assert state.is_completed(), state.message
+    result = state.result()
     assert stage_task_runs(state.state_details.flow_run_id) == DVC_STAGES
-    assert [name for name, _, _ in fake_stages] == DVC_STAGES
-    roots = [root for _, _, root in fake_stages]
-    assert len(set(roots)) == len(roots) and all(r.parent == project / ".qelm" / "work" for r in roots)
+    assert calls.stages() == DVC_STAGES and result["reused"] == []
+    workspace = project / FOLDER / result["dvc_experiment"]
+    assert {c["cwd"] for c in calls()} == {str(workspace)}  # never the project's own workspace
+    assert not workspace.exists() and not (project / "data" / "prepared").exists()
+    shown = dvc_experiments(project)
+    assert shown[result["dvc_experiment"]]["metrics"]["metrics/eval.json"]["ppl_quantum"] == pytest.approx(
+        result["metrics"]["ppl_quantum"])
 
 
-def test_overrides_reach_the_stages_and_unchanged_work_is_reused(harness, fake_stages, project):
+def test_overrides_reach_the_stages_and_dvc_reuses_unchanged_work(harness, project, calls):
     from flows.params import Overrides
     from flows.pipeline import pipeline
 
     first = Overrides(layers=3, alpha=0.25, extra={"evaluate.shots": 123})
-    pipeline(overrides=first, project_root=str(project))
-    seen = {name: (params, root) for name, params, root in fake_stages}
-    assert seen["train"][0].student.layers == 3 and seen["train"][0].train.alpha == 0.25
-    assert seen["evaluate"][0].evaluate.shots == 123
-    assert seen["prepare"][0].student.n_qubits == TINY_PARAMS["student"]["n_qubits"]
-    assert Path(seen["prepare"][0].data.corpus) == project / "corpus"  # anchored: stages run elsewhere
+    a = pipeline(overrides=first)
+    seen = {c["stage"]: c["params"] for c in calls()}
+    assert seen["train"]["student"]["layers"] == 3 and seen["train"]["train"]["alpha"] == 0.25
+    assert seen["evaluate"]["evaluate"]["shots"] == 123
+    assert seen["prepare"]["student"]["n_qubits"] == TINY_PARAMS["student"]["n_qubits"]
 
-    fake_stages.clear()  # same inputs again: every stage is Cached, nothing runs
-    state = pipeline(overrides=first, project_root=str(project), return_state=True)
-    assert state.is_completed() and fake_stages == []
+    calls.clear()  # same params again: DVC restores every stage from its run-cache, nothing runs
+    start = time.monotonic()
+    again = pipeline(overrides=first)
+    print(f"no-op flow run: {time.monotonic() - start:.1f} s")
+    assert calls() == [] and again["reused"] == DVC_STAGES and again["metrics"] == a["metrics"]
 
     second = Overrides(layers=2, alpha=0.25, extra={"evaluate.shots": 123})  # only train's inputs differ
-    pipeline(overrides=second, project_root=str(project))
-    assert [name for name, _, _ in fake_stages] == ["train", "evaluate", "register"]
-    new_train = next(root for name, _, root in fake_stages if name == "train")
-    assert new_train != seen["train"][1]  # its own folder: the first run's outputs are untouched
-    assert json.loads((seen["train"][1] / "metrics" / "train.json").read_text())["params"]["student"]["layers"] == 3
+    b = pipeline(overrides=second)
+    assert calls.stages() == ["train", "evaluate", "register"]
+    assert b["reused"] == ["prepare", "teacher", "assign"]
+    shown = dvc_experiments(project)
+    assert shown[a["dvc_experiment"]]["params"]["student"]["layers"] == 3
+    assert shown[b["dvc_experiment"]]["params"]["student"]["layers"] == 2
+    assert shown[b["dvc_experiment"]]["metrics"]["metrics/eval.json"]["ppl_quantum"] == pytest.approx(4.1)
 
-    shutil.rmtree(seen["evaluate"][1])  # lost outputs are recomputed, not served from the cache record
-    fake_stages.clear()
-    pipeline(overrides=first, project_root=str(project))
-    assert [name for name, _, _ in fake_stages] == ["evaluate"]
+    run(["dvc", "exp", "apply", a["dvc_experiment"]], project)  # DVC's tool brings a flow run in
+    assert yaml.safe_load((project / "params.yaml").read_text())["student"]["layers"] == 3
+    model = json.loads((project / "models" / "student" / "out.json").read_text())
+    assert model["params"]["student"]["layers"] == 3
 
 
-def test_concurrent_runs_never_share_a_folder_at_once(harness, fake_stages, project):
-    """Two runs with the same overrides and one with others, at once: a stage folder is written by one
-    stage call at a time (the same key waits on its lock), and other params get other folders."""
+def test_concurrent_runs_with_different_params_stay_separate(harness, project, calls, monkeypatch):
+    """Three runs at once (two alike, one not): each writes only in its own workspace, and each
+    experiment holds its own params' outputs."""
     from flows.params import Overrides
     from flows.pipeline import pipeline
 
-    fake_stages.delay = 0.3
+    monkeypatch.setenv("TOY_DELAY", "0.3")
     results = {}
 
-    def run(name, overrides):
-        results[name] = pipeline(overrides=overrides, project_root=str(project))
+    def start(name, overrides):
+        results[name] = pipeline(overrides=overrides)
 
-    threads = [threading.Thread(target=run, args=("a", Overrides(layers=3)))]
-    threads[0].start()
-    assert fake_stages.entered.wait(120)  # the first run holds prepare's lock: the others must wait for it
-    threads += [threading.Thread(target=run, args=("b", Overrides(layers=3))),
-                threading.Thread(target=run, args=("c", Overrides(layers=2)))]
-    for t in threads[1:]:
+    threads = [threading.Thread(target=start, args=(name, Overrides(layers=layers)))
+               for name, layers in (("a", 3), ("b", 3), ("c", 2))]
+    for t in threads:
         t.start()
     for t in threads:
         t.join(300)
     assert set(results) == {"a", "b", "c"}
-    assert results["a"]["folders"] == results["b"]["folders"]
-    assert results["a"]["folders"]["teacher"] == results["c"]["folders"]["teacher"]
-    assert results["a"]["folders"]["train"] != results["c"]["folders"]["train"]
-    assert [name for name, _, _ in fake_stages].count("prepare") == 1  # b and c reused a's
-    by_root: dict = {}
-    for root, start, end in fake_stages.spans:
-        by_root.setdefault(root, []).append((start, end))
-    for root, spans in by_root.items():
-        spans.sort()
-        assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), f"{root} written twice at once"
+    names = {k: r["dvc_experiment"] for k, r in results.items()}
+    assert len(set(names.values())) == 3
+    for call in calls():
+        owner = Path(call["cwd"]).name
+        assert owner in names.values(), call["cwd"]
+        layers = {"a": 3, "b": 3, "c": 2}[next(k for k, v in names.items() if v == owner)]
+        assert call["params"]["student"]["layers"] == layers
+    shown = dvc_experiments(project)
+    for key, layers in (("a", 3), ("b", 3), ("c", 2)):
+        assert shown[names[key]]["params"]["student"]["layers"] == layers
+        assert shown[names[key]]["metrics"]["metrics/eval.json"]["ppl_quantum"] == pytest.approx(5.1 - 0.5 * layers)
 
 
-def test_a_lock_left_by_a_dead_process_is_broken(tmp_path):
-    from flows.tasks import StageLocks
-
-    locks = StageLocks(tmp_path)
-    assert locks.acquire_lock("k1", holder="me") and locks.is_locked("k1")  # held by this (live) process
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (tmp_path / "k2.lock").write_text(json.dumps({"holder": "x", "expiration": None, "pid": dead.pid,
-                                                  "host": socket.gethostname()}))
-    assert not StageLocks(tmp_path).is_locked("k2") and not (tmp_path / "k2.lock").exists()
-    (tmp_path / "k3.lock").write_text(json.dumps({"holder": "x", "expiration": None, "pid": dead.pid,
-                                                  "host": "another-host"}))
-    assert StageLocks(tmp_path).is_locked("k3")
-
-
-def test_invalid_override_fails_the_run_before_any_stage(harness, fake_stages, project):
+def test_invalid_override_fails_the_run_before_any_stage(harness, project, calls):
     from flows.params import Overrides
     from flows.pipeline import pipeline
 
-    state = pipeline(overrides=Overrides(n_qubits=99), project_root=str(project), return_state=True)
+    state = pipeline(overrides=Overrides(n_qubits=99), return_state=True)
     assert state.is_failed()
     assert "override rejected" in state.message and "student.n_qubits" in state.message
-    assert fake_stages == [] and stage_task_runs(state.state_details.flow_run_id) == []
+    assert calls() == [] and stage_task_runs(state.state_details.flow_run_id) == []
 
-    state = pipeline(overrides=Overrides(extra={"train.stepz": 5}), project_root=str(project), return_state=True)
-    assert state.is_failed() and "train.stepz" in state.message and fake_stages == []
+    state = pipeline(overrides=Overrides(extra={"train.stepz": 5}), return_state=True)
+    assert state.is_failed() and "train.stepz" in state.message and calls() == []
 
 
-def test_sweep_shares_upstream_work_compares_and_registers_the_best(harness, fake_stages, project, monkeypatch):
+def test_sweep_shares_upstream_work_compares_and_registers_the_best(harness, project, calls, monkeypatch):
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.params import SweepGrid
     from flows.sweep import sweep
 
-    monkeypatch.setattr("flows.sweep.dask_runner", lambda *args: ThreadPoolTaskRunner(max_workers=2))  # fakes: in-process
-    out = sweep(grid=SweepGrid(layers=[1, 2], alpha=[0.5], seeds=[0, 1, 2], steps=5), project_root=str(project))
-    names = [name for name, _, _ in fake_stages]
-    assert (names.count("prepare"), names.count("teacher"), names.count("train"), names.count("evaluate"),
-            names.count("register")) == (1, 1, 6, 6, 1)
-    assert {p.train.steps for name, p, _ in fake_stages if name == "train"} == {5}
+    monkeypatch.setattr("flows.sweep.dask_runner", lambda *args: ThreadPoolTaskRunner(max_workers=2))
+    out = sweep(grid=SweepGrid(layers=[1, 2], alpha=[0.5], seeds=[0, 1, 2], steps=5))
+    names = calls.stages()
+    # prepare and teacher once, assign once per seed (it reads `seed`): DVC's run-cache restores the rest
+    assert [names.count(s) for s in DVC_STAGES] == [1, 1, 3, 6, 6, 1]
+    assert {c["params"]["train"]["steps"] for c in calls() if c["stage"] == "train"} == {5}
     assert out["best"] == "q4-l2-a0.5-s0"
-    registered = next(p for name, p, _ in fake_stages if name == "register")
-    assert (registered.student.layers, registered.seed) == (2, 0)
+    registered = next(c["params"] for c in calls() if c["stage"] == "register")
+    assert (registered["student"]["layers"], registered["seed"]) == (2, 0)
     folder = Path(out["folder"])
     assert (folder / "pareto.png").stat().st_size > 0
     summary = (folder / "summary.csv").read_text().splitlines()
     assert len(summary) == 1 + 2 * 2  # header + (2 layer settings x quantum/classical), seeds averaged
+    assert set(out["dvc_experiments"]) <= set(dvc_experiments(project)) and len(out["dvc_experiments"]) == 6
 
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    run = client.get_run(out["mlflow_run_id"])
-    assert run.data.tags["qelm.kind"] == "sweep" and run.data.tags["prefect.flow_run_id"]
-    assert {"sweep/pareto.png", "sweep/summary.json"} <= {a.path for a in client.list_artifacts(run.info.run_id, "sweep")}
+    run_ = client.get_run(out["mlflow_run_id"])
+    assert run_.data.tags["qelm.kind"] == "sweep" and run_.data.tags["prefect.flow_run_id"]
+    assert {"sweep/pareto.png", "sweep/summary.json"} <= {a.path for a in client.list_artifacts(run_.info.run_id, "sweep")}
 
 
-def test_retries_only_for_transient_failures():
-    from prefect.states import Failed
-
-    from flows.tasks import stage_retries, transient_only
-    from qelm_core.config import ConfigError, Params
+def test_only_transient_failures_are_retried(harness, project, calls, monkeypatch, tmp_path):
+    import flows.tasks
+    from flows.params import Overrides
+    from flows.pipeline import pipeline
+    from qelm_core.cli import EXIT_TRANSIENT, is_transient
+    from qelm_core.config import ConfigError
     from qelm_core.teacher import TeacherError
 
-    assert not transient_only(None, None, Failed(data=ConfigError("bad input")))
-    assert not transient_only(None, None, Failed(data=TeacherError("not a model")))
-    assert not transient_only(None, None, Failed(data=ValueError("a bug")))
-    assert transient_only(None, None, Failed(data=ConnectionError("reset by peer")))
-    assert transient_only(None, None, Failed(data=MemoryError()))
-    ibm = Params.model_validate({"device": {"name": "qiskit.remote", "backend": "ibm_brisbane", "shots": 100}})
-    fake = Params.model_validate({"device": {"name": "qiskit.remote", "backend": "FakeManilaV2", "shots": 100}})
-    assert stage_retries("train", ibm) > 0 and stage_retries("train", fake) == 0
-    assert stage_retries("teacher", fake) > 0 and stage_retries("evaluate", ibm) == 0
+    assert not is_transient(ConfigError("bad input")) and not is_transient(TeacherError("not a model"))
+    assert not is_transient(ValueError("a bug")) and not is_transient(FileNotFoundError("params.yaml"))
+    assert is_transient(ConnectionError("reset by peer")) and is_transient(MemoryError()) and is_transient(TimeoutError())
+
+    monkeypatch.setattr(flows.tasks, "stage_task", flows.tasks.stage_task.with_options(retry_delay_seconds=0))
+    monkeypatch.setenv("TOY_FAIL", f"train:{EXIT_TRANSIENT}:2:{tmp_path / 'transient'}")
+    state = pipeline(return_state=True)
+    assert state.is_completed(), state.message  # two transient failures, then the third try passes
+    assert (tmp_path / "transient").read_text() == "2" and calls.stages() == DVC_STAGES
+
+    monkeypatch.setenv("TOY_FAIL", f"evaluate:2:5:{tmp_path / 'bad-input'}")
+    state = pipeline(overrides=Overrides(layers=3), return_state=True)
+    assert state.is_failed() and "toy failure 1 of 5" in state.message
+    assert (tmp_path / "bad-input").read_text() == "1"  # bad input: tried once, never again
 
 
 # ------------------------------------------------------------------ slow: real stages
-
-
-@pytest.mark.slow
-def test_flow_hashes_are_dvcs_own(tiny_repo):
-    from flows.workspace import dvc_md5
-
-    lock = yaml.safe_load((tiny_repo / "dvc.lock").read_text())["stages"]
-    outs = {o["path"]: o["md5"] for s in lock.values() for o in s.get("outs", [])}
-    for path in ("data/prepared", "data/teacher", "models/student", "metrics/teacher.json"):
-        assert dvc_md5(tiny_repo / path) == outs[path], path
 
 
 @pytest.mark.slow
@@ -367,7 +358,7 @@ def test_served_deployment_runs_through_the_api_and_tags_mlflow(prefect_server, 
     log = open(tmp_path / "serve.log", "w")
     serve = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=repo, stdout=log, stderr=subprocess.STDOUT,
                              env=_env(PREFECT_API_URL=prefect_server, PREFECT_HOME=str(tmp_path / "serve-home"),
-                                      QELM_ROOT=str(repo)), start_new_session=True)
+                                      QELM_ROOT=str(repo), QELM_DASK_WORKERS="1"), start_new_session=True)
     try:
         with temporary_settings({PREFECT_API_URL: prefect_server}):
             deadline = time.time() + 120
@@ -379,7 +370,7 @@ def test_served_deployment_runs_through_the_api_and_tags_mlflow(prefect_server, 
                 assert serve.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
                 time.sleep(1)
             flow_run = run_deployment("qelm-pipeline/default", timeout=900, poll_interval=3, parameters={
-                "overrides": {"layers": 1, "steps": 12}, "dask_workers": 1})
+                "overrides": {"layers": 1, "steps": 12}})
         assert flow_run.state.is_completed(), f"{flow_run.state}\n{(tmp_path / 'serve.log').read_text()[-4000:]}"
     finally:
         _stop(serve)
@@ -391,8 +382,12 @@ def test_served_deployment_runs_through_the_api_and_tags_mlflow(prefect_server, 
     runs = client.search_runs([client.get_experiment_by_name("qelm").experiment_id],
                               filter_string=f"tags.`prefect.flow_run_id` = '{flow_run.id}'")
     assert len(runs) == 1
-    run = runs[0]
-    assert run.data.params["student.layers"] == "1" and run.data.params["train.steps"] == "12"
-    assert "ppl_quantum" in run.data.metrics and run.data.tags["qelm.stage"] == "register"
-    assert run.data.tags["prefect.last_flow_run_id"] == str(flow_run.id)
-    assert not (repo / "data" / "teacher").exists()  # the flow works in .qelm/, never in DVC's workspace
+    mlrun = runs[0]
+    assert mlrun.data.params["student.layers"] == "1" and mlrun.data.params["train.steps"] == "12"
+    assert "ppl_quantum" in mlrun.data.metrics and mlrun.data.tags["qelm.stage"] == "register"
+    assert mlrun.data.tags["prefect.last_flow_run_id"] == str(flow_run.id)
+    name = f"{flow_run.name}-{str(flow_run.id)[:4]}"  # the DVC experiment, and the MLflow run's name
+    assert mlrun.info.run_name == name and mlrun.data.tags["dvc.exp_name"] == name
+    assert {f"dvc.md5.{p}" for p in ("data/teacher", "models/student", "metrics/eval.json")} <= set(mlrun.data.tags)
+    assert name in run(["dvc", "exp", "list", "--name-only"], repo).stdout.split()
+    assert not (repo / "data" / "teacher").exists()  # the flow works in its own workspace, not the project's

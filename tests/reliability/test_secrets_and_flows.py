@@ -46,19 +46,21 @@ def project(tmp_path_factory) -> tuple[Path, Path, dict]:
 def test_concurrent_flow_runs_with_different_params_stay_separate(project):
     _, repo, results = project
     a, b = results["a"], results["b"]
-    assert a["folders"]["teacher"] == b["folders"]["teacher"]  # identical upstream work is shared
-    assert a["folders"]["train"] != b["folders"]["train"] and a["folders"]["evaluate"] != b["folders"]["evaluate"]
+    assert a["dvc_experiment"] != b["dvc_experiment"]
+    upstream = {"prepare", "teacher", "assign"}  # `dvc repro` ran them: both runs got them from DVC's run-cache
+    assert set(a["reused"]) == set(b["reused"]) == upstream
     client = mlflow_client(repo)
     runs = {name: client.get_run(r["mlflow_run"].rsplit("/", 1)[-1]) for name, r in results.items()}
     assert runs["a"].info.run_id != runs["b"].info.run_id
     for name, sets in FLOW_PARAMS.items():
-        r, folders = runs[name], results[name]["folders"]
+        r, exp = runs[name], results[name]["dvc_experiment"]
         layers, steps = (s.split("=")[1] for s in sets)
-        assert r.info.status == "FINISHED"
+        assert r.info.status == "FINISHED" and r.info.run_name == exp
         assert (r.data.params["student.layers"], r.data.params["train.steps"]) == (layers, steps)
-        student = json.loads((Path(folders["train"]) / "models" / "student" / "config.json").read_text())
+        run(["dvc", "exp", "apply", exp], repo)  # each experiment holds its own outputs
+        student = json.loads((repo / "models" / "student" / "config.json").read_text())
         assert student["layers"] == int(layers) and student["run_id"] == r.info.run_id
-        evaluated = json.loads((Path(folders["evaluate"]) / "metrics" / "eval.json").read_text())
+        evaluated = json.loads((repo / "metrics" / "eval.json").read_text())
         assert r.data.metrics["ppl_quantum"] == pytest.approx(evaluated["ppl_quantum"])
         assert results[name]["metrics"]["ppl_quantum"] == pytest.approx(evaluated["ppl_quantum"])
     assert runs["a"].data.tags["prefect.flow_run_id"] != runs["b"].data.tags["prefect.flow_run_id"]
