@@ -1,56 +1,67 @@
 """Flow parameters: typed overrides of params.yaml (the UI's "Run" form) and their resolution.
 
-Every field is optional: None keeps the value in params.yaml. The ranges are not repeated here:
-the overrides are merged into params.yaml and validated by `qelm_core.config.load_params`, the same
-code every stage uses, which raises a one-line ConfigError naming the key.
+Every field is optional: None keeps the value in params.yaml. Each field's type, choices and range
+are read from the field of qelm_core/config.py it overrides (`setting`), so the form shows them and
+rejects a value out of range before the run starts, without a second copy of the rules; the merged
+params are then validated by `qelm_core.config.load_params`, the same code every stage uses.
 """
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from qelm_core.config import ConfigError, Params, Paths, load_params
-from qelm_core.devices import DEVICE_NAMES
 
-DeviceName = Literal[DEVICE_NAMES]  # type: ignore[valid-type]  # a drop-down in the UI
+BOUNDS = {annotated_types.Ge: ("ge", ">="), annotated_types.Gt: ("gt", ">"), annotated_types.Le: ("le", "<="),
+          annotated_types.Lt: ("lt", "<")}
 
-# field -> dotted params.yaml key
-KEYS = {
-    "seed": "seed", "corpus": "data.corpus", "max_tokens": "data.max_tokens", "teacher_model": "teacher.model",
-    "n_qubits": "student.n_qubits", "context": "student.context", "layers": "student.layers",
-    "encoding": "student.encoding", "engine": "student.engine", "device_name": "device.name",
-    "device_backend": "device.backend", "shots": "device.shots", "alpha": "train.alpha",
-    "temperature": "train.temperature", "lr": "train.lr", "steps": "train.steps", "batch_size": "train.batch_size",
+# form field -> (dotted params.yaml key, what it is)
+SETTINGS = {
+    "seed": ("seed", "the students' init and batches (and a random basis assignment)"),
+    "corpus": ("data.corpus", "'shakespeare', a .txt file or a folder of them"),
+    "max_tokens": ("data.max_tokens", "0 = the whole corpus"),
+    "teacher_model": ("teacher.model", "'smollm2', a .gguf file or a HF folder"),
+    "n_qubits": ("student.n_qubits", "vocabulary = 2^n entries"),
+    "context": ("student.context", "previous tokens the student sees"),
+    "layers": ("student.layers", "trainable layers after each encoded token"),
+    "encoding": ("student.encoding", "embedding = trainable angles, bits = none"),
+    "engine": ("student.engine", "fused = qelm's statevector code (default.qubit only)"),
+    "device_name": ("device.name", "where the circuits run"),
+    "device_backend": ("device.backend", "qiskit.remote: FakeManilaV2, ibm_..."),
+    "shots": ("device.shots", "empty = exact"),
+    "alpha": ("train.alpha", "weight of the distillation term (0 = hard labels only)"),
+    "temperature": ("train.temperature", "distillation temperature"),
+    "lr": ("train.lr", "Adam learning rate"),
+    "steps": ("train.steps", "training steps per student"),
+    "batch_size": ("train.batch_size", "examples per step"),
 }
+KEYS = {name: key for name, (key, _) in SETTINGS.items()}
 
 
-class Overrides(BaseModel):
+def setting(key: str, what: str) -> tuple[Any, Any]:
+    """(type | None, Field) for the override of the dotted params.yaml `key`, with that config field's
+    type and bounds, and a description that names the key and states the range."""
+    *section, leaf = key.split(".")
+    model = Params.model_fields[section[0]].annotation if section else Params
+    info = model.model_fields[leaf]
+    bounds = {BOUNDS[type(m)][0]: getattr(m, BOUNDS[type(m)][0]) for m in info.metadata if type(m) in BOUNDS}
+    shown = ", ".join(f"{BOUNDS[type(m)][1]} {getattr(m, BOUNDS[type(m)][0])}" for m in info.metadata if type(m) in BOUNDS)
+    return info.annotation | None, Field(None, description=f"{key}: {what}" + (f" ({shown})" if shown else ""), **bounds)
+
+
+_Settings = create_model("_Settings", __config__=ConfigDict(extra="forbid"),
+                         **{name: setting(key, what) for name, (key, what) in SETTINGS.items()})
+
+
+class Overrides(_Settings):
     """Changes to params.yaml for this run; empty fields keep the file's value."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int | None = Field(None, description="seed")
-    corpus: str | None = Field(None, description="data.corpus: 'shakespeare', a .txt file or a folder of them")
-    max_tokens: int | None = Field(None, description="data.max_tokens (0 = the whole corpus)")
-    teacher_model: str | None = Field(None, description="teacher.model: 'smollm2', a .gguf file or a HF folder")
-    n_qubits: int | None = Field(None, description="student.n_qubits (vocabulary = 2^n)")
-    context: int | None = Field(None, description="student.context: previous tokens the student sees")
-    layers: int | None = Field(None, description="student.layers")
-    encoding: Literal["embedding", "bits"] | None = Field(None, description="student.encoding")
-    engine: Literal["pennylane", "fused"] | None = Field(None, description="student.engine")
-    device_name: DeviceName | None = Field(None, description="device.name")
-    device_backend: str | None = Field(None, description="device.backend (qiskit.remote: FakeManilaV2, ibm_...)")
-    shots: int | None = Field(None, description="device.shots")
-    alpha: float | None = Field(None, description="train.alpha: weight of the distillation term")
-    temperature: float | None = Field(None, description="train.temperature")
-    lr: float | None = Field(None, description="train.lr")
-    steps: int | None = Field(None, description="train.steps")
-    batch_size: int | None = Field(None, description="train.batch_size")
     extra: dict[str, Any] = Field(default_factory=dict,
                                   description='any other key, dotted: {"evaluate.shots": 1000, "train.eval_every": 50}')
 

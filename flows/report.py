@@ -16,7 +16,8 @@ from pathlib import Path
 from qelm_core.io import atomic_write_text
 from qelm_core.plots import pareto_plot
 
-KINDS = {"quantum": "student", "classical": "classical"}  # kind -> prefix in the train stage's metrics
+MODELS = ("student", "classical")  # the same names prefix their metrics in train and evaluate
+KINDS = ("quantum", "classical")
 BASELINES = ("unigram", "bigram", "teacher")
 
 
@@ -25,23 +26,24 @@ def rows(points: dict[str, dict], train: dict[str, dict], evaluate: dict[str, di
     out = []
     for label, point in points.items():
         t, e = train[label], evaluate[label]
-        for kind, prefix in KINDS.items():
-            out.append({"label": label, **point, "kind": kind, "params": int(t[f"{prefix}_params_total"]),
-                        "val_ppl": float(t[f"{prefix}_val_ppl"]), "test_ppl": float(e[f"ppl_{kind}"]),
+        for model in MODELS:
+            kind = e.get("student_kind", "quantum") if model == "student" else "classical"
+            out.append({"label": label, **point, "model": model, "kind": kind, "params": int(t[f"{model}_params_total"]),
+                        "val_ppl": float(t[f"{model}_val_ppl"]), "test_ppl": float(e[f"ppl_{model}"]),
                         **{f"ppl_{b}": float(e[f"ppl_{b}"]) for b in BASELINES},
                         "mlflow_run_id": t.get("mlflow_run_id", "")})
     return out
 
 
 def summarize(table: list[dict]) -> list[dict]:
-    """Mean and spread over seeds for each (n_qubits, layers, alpha, kind)."""
+    """Mean and spread over seeds for each (n_qubits, layers, alpha, model)."""
     groups: dict[tuple, list[dict]] = {}
     for row in table:
-        groups.setdefault((row["n_qubits"], row["layers"], row["alpha"], row["kind"]), []).append(row)
+        groups.setdefault((row["n_qubits"], row["layers"], row["alpha"], row["model"]), []).append(row)
     out = []
-    for (n, layers, alpha, kind), members in groups.items():
+    for (n, layers, alpha, model), members in groups.items():
         test = [m["test_ppl"] for m in members]
-        out.append({"n_qubits": n, "layers": layers, "alpha": alpha, "kind": kind, "seeds": len(members),
+        out.append({"n_qubits": n, "layers": layers, "alpha": alpha, "model": model, "kind": members[0]["kind"], "seeds": len(members),
                     "params": members[0]["params"], "test_ppl_mean": statistics.fmean(test),
                     "test_ppl_std": statistics.stdev(test) if len(test) > 1 else 0.0,
                     "val_ppl_mean": statistics.fmean(m["val_ppl"] for m in members),
@@ -50,11 +52,11 @@ def summarize(table: list[dict]) -> list[dict]:
 
 
 def winners(table: list[dict]) -> dict[int, dict]:
-    """The quantum run with the lowest validation perplexity for each vocabulary size (n_qubits): a
+    """The student run with the lowest validation perplexity for each vocabulary size (n_qubits): a
     perplexity over V = 2^n entries is not comparable across n (the smallest vocabulary always wins)."""
     out: dict[int, dict] = {}
     for row in table:
-        if row["kind"] == "quantum" and (row["n_qubits"] not in out or row["val_ppl"] < out[row["n_qubits"]]["val_ppl"]):
+        if row["model"] == "student" and (row["n_qubits"] not in out or row["val_ppl"] < out[row["n_qubits"]]["val_ppl"]):
             out[row["n_qubits"]] = row
     return out
 
@@ -63,7 +65,7 @@ def registered_winner(table: list[dict], n_qubits: int) -> dict:
     """The run the sweep registers: the winner among the points with vocabulary 2^n_qubits."""
     best = winners(table)
     if n_qubits not in best:
-        raise ValueError(f"no quantum run with n_qubits = {n_qubits} in the sweep (it has {sorted(best)})")
+        raise ValueError(f"no student run with n_qubits = {n_qubits} in the sweep (it has {sorted(best)})")
     return best[n_qubits]
 
 

@@ -27,8 +27,8 @@ from qelm_core.config import Params, Paths
 from qelm_core.stages import teacher as teacher_stage
 
 STAGE_TAG = "qelm-stage"
-SUMMARY = ("ppl_quantum", "ppl_classical", "ppl_bigram", "ppl_unigram", "ppl_teacher", "gap_recovered",
-           "ppl_full_quantum", "ppl_full_classical", "ppl_full_teacher")
+SUMMARY = ("ppl_student", "ppl_classical", "ppl_bigram", "ppl_unigram", "ppl_teacher", "gap_recovered_student",
+           "ppl_full_student", "ppl_full_classical", "ppl_full_teacher")
 
 
 def transient_only(task, task_run, state) -> bool:

@@ -141,10 +141,9 @@ def seed_stats(name: str, per_seed: list[dict[str, float]], ppl_unigram_: float,
     for key in [k for k in ("ppl", "ppl_full", "top1", "top5") if k in per_seed[0]]:
         values = [s[key] for s in per_seed]
         out.update({f"{key}_{name}": statistics.fmean(values), f"{key}_{name}_sd": sd(values)})
-    suffix = "" if name == "quantum" else f"_{name}"
     gaps = {"": [gap_recovered(ppl_unigram_, s["ppl"], ppl_teacher) for s in per_seed]}
     if full_baselines:
         gaps["_full"] = [gap_recovered(full_baselines[0], s["ppl_full"], full_baselines[1]) for s in per_seed]
     for kind, values in gaps.items():
-        out.update({f"gap_recovered{kind}{suffix}": statistics.fmean(values), f"gap_recovered{kind}{suffix}_sd": sd(values)})
+        out.update({f"gap_recovered{kind}_{name}": statistics.fmean(values), f"gap_recovered{kind}_{name}_sd": sd(values)})
     return out

@@ -9,7 +9,7 @@ def model_card(params: Params, m: dict, cfg: dict) -> str:
     rows = [("uniform", "uniform", "-"), ("unigram (add-one)", "unigram", "-"),
             (f"bigram (add-k, k={m['bigram_k']})", "bigram", "-"),
             ("classical student (equal params)", "classical", m["params_classical"]),
-            ("**quantum student**", "quantum", m["params_embedding"] + m["params_quantum_circuit"] + m["params_quantum_classical"]),
+            (f"**{cfg['kind']} student**", "student", m["params_student_embedding"] + m["params_student_circuit"] + m["params_student_classical"]),
             ("teacher (projected; full: its own distribution)", "teacher", m["params_teacher"])]
     def cell(key: str, digits: int) -> str:  # mean +- sd over seeds for the trained models
         return f"{m[key]:.{digits}f}" + (f" ± {m[key + '_sd']:.{digits}f}" if key + "_sd" in m else "")
@@ -17,10 +17,10 @@ def model_card(params: Params, m: dict, cfg: dict) -> str:
     table = "\n".join(f"| {name} | {cell('ppl_' + k, 2)} | {cell('ppl_full_' + k, 1)} | {cell('top1_' + k, 3)} | {c} |"
                       for name, k, c in rows)
     noisy = ""
-    if "ppl_quantum_noisy" in m:
+    if "ppl_student_noisy" in m:
         noisy = (f"\nOn the fake noisy backend {params.evaluate.noisy_backend} with {params.evaluate.shots} shots, on "
-                 f"{params.evaluate.noisy_positions} test positions: perplexity {m['ppl_quantum_noisy']:.2f} vs "
-                 f"{m['ppl_quantum_exact_subset']:.2f} exact on the same positions ({m['noisy_zero_prob_targets']} "
+                 f"{params.evaluate.noisy_positions} test positions: perplexity {m['ppl_student_noisy']:.2f} vs "
+                 f"{m['ppl_student_exact_subset']:.2f} exact on the same positions ({m['noisy_zero_prob_targets']} "
                  f"targets sampled at zero probability, smoothed with eps={m['noisy_smoothing']}).\n")
     return f"""# qelm student model card
 
@@ -31,12 +31,12 @@ def model_card(params: Params, m: dict, cfg: dict) -> str:
   distributions projected onto the student vocabulary.
 - **Circuit**: {n} qubits Born machine, context {sp.context} tokens, {sp.layers} trainable layers per token
   (Y-Z-Y rotations + {sp.entangler.upper()} ring), encoding `{sp.encoding}`, basis assignment `{sp.assignment}`,
-  log-bias {sp.log_bias}; {m['params_quantum_circuit']} circuit
-  parameters + {m['params_embedding']} embedding angles + {m['params_quantum_classical']} classical.
+  log-bias {sp.log_bias}; {m['params_student_circuit']} circuit
+  parameters + {m['params_student_embedding']} embedding angles + {m['params_student_classical']} classical.
 - **Device**: trained on `{params.device.name}`; file `model.safetensors` {m['bytes_student']:,} bytes.
 - **Distillation**: alpha={params.train.alpha}, T={params.train.temperature}, {params.train.steps} steps,
   {params.train.schedule} lr from {params.train.lr}; {params.train.seeds} seeds per student (mean ± sd below);
-  this file is seed {m['selected_seed']} (best validation perplexity): test perplexity {m['ppl_quantum_selected']:.2f}.
+  this file is seed {m['selected_seed']} (best validation perplexity): test perplexity {m['ppl_student_selected']:.2f}.
 
 | model | test perplexity (V = {2**n}) | full-vocabulary perplexity ({m['ppl_full_uniform']:,.0f} tokens) | top-1 | parameters |
 |---|---|---|---|---|
@@ -46,8 +46,8 @@ Full-vocabulary perplexity: of the actual next token among all of the tokenizer'
 probability is shared among the tokens outside its vocabulary by an add-{m['full_vocab_k']:g} train unigram
 (comparable across vocabulary sizes and with the teacher's own perplexity).
 
-Gap recovered (0 = unigram, 1 = teacher): quantum {cell('gap_recovered', 3)}, classical
-{cell('gap_recovered_classical', 3)}; quantum / classical perplexity {m['ppl_ratio_quantum_classical']:.3f}
-(full vocabulary: gap recovered quantum {cell('gap_recovered_full', 3)}, classical {cell('gap_recovered_full_classical', 3)};
-ratio {m['ppl_full_ratio_quantum_classical']:.3f}).
+Gap recovered (0 = unigram, 1 = teacher): student {cell('gap_recovered_student', 3)}, classical
+{cell('gap_recovered_classical', 3)}; student / classical perplexity {m['ppl_ratio_student_classical']:.3f}
+(full vocabulary: gap recovered student {cell('gap_recovered_full_student', 3)}, classical {cell('gap_recovered_full_classical', 3)};
+ratio {m['ppl_full_ratio_student_classical']:.3f}).
 {noisy}"""

@@ -9,18 +9,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from qelm_core.serving import free_port
 from qelm_core.config import _merge
 from tests.conftest import REPO, TINY_PARAMS, make_pipeline_repo, run, write_params
 
@@ -143,8 +139,8 @@ def test_task_order_is_the_dvc_yaml_stage_order_and_the_run_is_a_dvc_experiment(
     assert {c["cwd"] for c in calls()} == {str(workspace)}  # never the project's own workspace
     assert not workspace.exists() and not (project / "data" / "prepared").exists()
     shown = dvc_experiments(project)
-    assert shown[result["dvc_experiment"]]["metrics"]["metrics/eval.json"]["ppl_quantum"] == pytest.approx(
-        result["metrics"]["ppl_quantum"])
+    assert shown[result["dvc_experiment"]]["metrics"]["metrics/eval.json"]["ppl_student"] == pytest.approx(
+        result["metrics"]["ppl_student"])
 
 
 def test_overrides_reach_the_stages_and_dvc_reuses_unchanged_work(harness, project, calls):
@@ -171,7 +167,7 @@ def test_overrides_reach_the_stages_and_dvc_reuses_unchanged_work(harness, proje
     shown = dvc_experiments(project)
     assert shown[a["dvc_experiment"]]["params"]["student"]["layers"] == 3
     assert shown[b["dvc_experiment"]]["params"]["student"]["layers"] == 2
-    assert shown[b["dvc_experiment"]]["metrics"]["metrics/eval.json"]["ppl_quantum"] == pytest.approx(4.1)
+    assert shown[b["dvc_experiment"]]["metrics"]["metrics/eval.json"]["ppl_student"] == pytest.approx(4.1)
 
     run(["dvc", "exp", "apply", a["dvc_experiment"]], project)  # DVC's tool brings a flow run in
     assert yaml.safe_load((project / "params.yaml").read_text())["student"]["layers"] == 3
@@ -208,16 +204,21 @@ def test_concurrent_runs_with_different_params_stay_separate(harness, project, c
     shown = dvc_experiments(project)
     for key, layers in (("a", 3), ("b", 3), ("c", 2)):
         assert shown[names[key]]["params"]["student"]["layers"] == layers
-        assert shown[names[key]]["metrics"]["metrics/eval.json"]["ppl_quantum"] == pytest.approx(5.1 - 0.5 * layers)
+        assert shown[names[key]]["metrics"]["metrics/eval.json"]["ppl_student"] == pytest.approx(5.1 - 0.5 * layers)
 
 
 def test_invalid_override_fails_the_run_before_any_stage(harness, project, calls):
     from flows.params import Overrides
     from flows.pipeline import pipeline
 
-    state = pipeline(overrides=Overrides(n_qubits=99), return_state=True)
+    with pytest.raises(ValueError, match="n_qubits"):  # the form's range is the config's (le=20)
+        Overrides(n_qubits=99)
+    state = pipeline(overrides={"n_qubits": 99}, return_state=True)  # what an API caller can still send
+    assert state.is_failed() and "n_qubits" in state.message and calls() == []
+
+    state = pipeline(overrides=Overrides(extra={"teacher.stride": 10_000}), return_state=True)  # a cross-field rule
     assert state.is_failed()
-    assert "override rejected" in state.message and "student.n_qubits" in state.message
+    assert "override rejected" in state.message and "stride must be <= window" in state.message
     assert calls() == [] and stage_task_runs(state.state_details.flow_run_id) == []
 
     state = pipeline(overrides=Overrides(extra={"train.stepz": 5}), return_state=True)
@@ -281,100 +282,55 @@ def test_only_transient_failures_are_retried(harness, project, calls, monkeypatc
 
 
 @pytest.mark.slow
-def test_sharded_teacher_on_two_dask_workers_is_byte_identical(harness, tiny_repo, tmp_path):
-    """The flow's Dask path (shards mapped over a LocalCluster, then the stage merges) == `qelm teacher`."""
+def test_sharded_teacher_on_two_dask_workers_is_byte_identical(harness, tiny_repo, tmp_path, monkeypatch):
+    """The flow's Dask path (shards mapped over a LocalCluster, then the stage merges) == `qelm teacher` in
+    one process with the same torch threads per process (each of 2 workers on 2 cores gets 1). A different
+    thread count may change the last bits of the teacher's floats, so that is held equal here."""
+    import torch
+
     from flows.pipeline import teacher_shards
     from flows.runner import dask_runner
+    from qelm_core import threads
     from qelm_core.config import Paths, load_params
     from qelm_core.stages import teacher
 
-    params, paths = load_params(tiny_repo / "params.yaml"), Paths(tmp_path)
-    shutil.copytree(tiny_repo / "data" / "prepared", paths.prepared)
+    params, paths, single = load_params(tiny_repo / "params.yaml"), Paths(tmp_path / "dask"), Paths(tmp_path / "single")
+    for p in (paths, single):
+        shutil.copytree(tiny_repo / "data" / "prepared", p.prepared)
     jobs = teacher.pending_shards(params, paths)
     assert len(jobs) >= 4
-    state = teacher_shards.with_options(task_runner=dask_runner(n_workers=2))(params, tmp_path, jobs,
+    state = teacher_shards.with_options(task_runner=dask_runner(n_workers=2))(params, paths.root, jobs,
                                                                              return_state=True)
     assert state.is_completed(), state.message
     assert teacher.pending_shards(params, paths) == []  # the stage will only merge
     teacher.run(params, paths)
-    single = sorted((tiny_repo / "data" / "teacher").iterdir())
-    assert [p.name for p in single] == sorted(p.name for p in paths.teacher.iterdir())
-    for path in single:
-        assert (paths.teacher / path.name).read_bytes() == path.read_bytes(), path.name
 
-
-def _stop(proc: subprocess.Popen, grace: float = 20) -> None:
-    """SIGTERM the process group we started, then SIGKILL it if it lingers."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
+    before = torch.get_num_threads()
+    monkeypatch.setenv(threads.ENV_CORES, str(threads.split(2)))  # what each Dask worker was allotted
     try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1", **extra)
-    return env
-
-
-@pytest.fixture
-def prefect_server(tmp_path):
-    """`prefect server start` on a free port with its own database; always stopped."""
-    port = free_port()
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=_env(PREFECT_HOME=str(tmp_path / "server-home"), PREFECT_UI_ENABLED="false"),
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}/api"
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"prefect server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
-                time.sleep(1)
-        yield url
+        threads.use(threads.LARGE)  # as `qelm teacher` does, with that allotment
+        teacher.run(params, single)
     finally:
-        _stop(proc)
-        log.close()
+        torch.set_num_threads(before)
+    files = sorted(p.name for p in single.teacher.iterdir())
+    assert files == sorted(p.name for p in paths.teacher.iterdir())
+    for name in files:
+        assert (paths.teacher / name).read_bytes() == (single.teacher / name).read_bytes(), name
 
 
 @pytest.mark.slow
-def test_served_deployment_runs_through_the_api_and_tags_mlflow(prefect_server, tmp_path):
-    from prefect.client.orchestration import get_client
+def test_served_deployment_runs_through_the_api_and_tags_mlflow(tmp_path):
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from tests.servers import prefect_server, served_flows
+
     repo = make_pipeline_repo(tmp_path / "repo", TINY_PARAMS)
-    log = open(tmp_path / "serve.log", "w")
-    serve = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=repo, stdout=log, stderr=subprocess.STDOUT,
-                             env=_env(PREFECT_API_URL=prefect_server, PREFECT_HOME=str(tmp_path / "serve-home"),
-                                      QELM_ROOT=str(repo), QELM_DASK_WORKERS="1"), start_new_session=True)
-    try:
-        with temporary_settings({PREFECT_API_URL: prefect_server}):
-            deadline = time.time() + 120
-            while True:  # the deployment appears once `serve` has registered it
-                with get_client(sync_client=True) as client:
-                    names = [d.name for d in client.read_deployments()]
-                if "default" in names:
-                    break
-                assert serve.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-                time.sleep(1)
+    with prefect_server(tmp_path) as api, served_flows(repo, api, tmp_path):
+        with temporary_settings({PREFECT_API_URL: api}):
             flow_run = run_deployment("qelm-pipeline/default", timeout=900, poll_interval=3, parameters={
                 "overrides": {"layers": 1, "steps": 12}})
         assert flow_run.state.is_completed(), f"{flow_run.state}\n{(tmp_path / 'serve.log').read_text()[-4000:]}"
-    finally:
-        _stop(serve)
-        log.close()
 
     from mlflow import MlflowClient
 
@@ -384,7 +340,7 @@ def test_served_deployment_runs_through_the_api_and_tags_mlflow(prefect_server, 
     assert len(runs) == 1
     mlrun = runs[0]
     assert mlrun.data.params["student.layers"] == "1" and mlrun.data.params["train.steps"] == "12"
-    assert "ppl_quantum" in mlrun.data.metrics and mlrun.data.tags["qelm.stage"] == "register"
+    assert "ppl_student" in mlrun.data.metrics and mlrun.data.tags["qelm.stage"] == "register"
     assert mlrun.data.tags["prefect.last_flow_run_id"] == str(flow_run.id)
     name = f"{flow_run.name}-{str(flow_run.id)[:4]}"  # the DVC experiment, and the MLflow run's name
     assert mlrun.info.run_name == name and mlrun.data.tags["dvc.exp_name"] == name

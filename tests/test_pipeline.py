@@ -5,15 +5,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-EVAL_KEYS = ["ppl_quantum", "ppl_quantum_noisy", "ppl_quantum_exact_subset", "ppl_classical", "ppl_uniform",
-             "ppl_unigram", "ppl_bigram", "ppl_teacher", "params_quantum_circuit", "params_embedding",
-             "params_classical", "params_teacher", "bytes_student", "bytes_teacher", "gap_recovered",
-             "top1_quantum", "top5_quantum", "top1_classical", "top1_teacher", "top1_bigram", "top1_unigram",
-             "ppl_quantum_sd", "ppl_classical_sd", "gap_recovered_sd", "seeds_quantum", "seeds_classical",
-             "ppl_quantum_selected", "ppl_ratio_quantum_classical", "hw_spec_two_qubit_gates",
-             "ppl_full_uniform", "ppl_full_unigram", "ppl_full_bigram", "ppl_full_classical", "ppl_full_quantum",
-             "ppl_full_quantum_sd", "ppl_full_teacher", "ppl_full_quantum_noisy", "gap_recovered_full",
-             "gap_recovered_full_classical", "ppl_full_ratio_quantum_classical"]
+EVAL_KEYS = ["ppl_student", "ppl_student_noisy", "ppl_student_exact_subset", "ppl_classical", "ppl_uniform",
+             "ppl_unigram", "ppl_bigram", "ppl_teacher", "params_student_circuit", "params_student_embedding",
+             "params_classical", "params_teacher", "bytes_student", "bytes_teacher", "gap_recovered_student",
+             "top1_student", "top5_student", "top1_classical", "top1_teacher", "top1_bigram", "top1_unigram",
+             "ppl_student_sd", "ppl_classical_sd", "gap_recovered_student_sd", "seeds_student", "seeds_classical",
+             "ppl_student_selected", "ppl_ratio_student_classical", "hw_spec_two_qubit_gates",
+             "ppl_full_uniform", "ppl_full_unigram", "ppl_full_bigram", "ppl_full_classical", "ppl_full_student",
+             "ppl_full_student_sd", "ppl_full_teacher", "ppl_full_student_noisy", "gap_recovered_full_student",
+             "gap_recovered_full_classical", "ppl_full_ratio_student_classical"]
 
 
 @pytest.mark.slow
@@ -24,14 +24,14 @@ def test_eval_metrics_hold_every_key_beside_baselines(tiny_repo):
     assert m["ppl_teacher"] < m["ppl_unigram"] < m["ppl_uniform"]
     # full tokenizer vocabulary (49,152 entries): the same order, every figure above its V-restricted one
     assert m["ppl_full_teacher"] < m["ppl_full_unigram"] < m["ppl_full_uniform"] == 49152
-    for name in ("unigram", "bigram", "classical", "quantum"):
+    for name in ("unigram", "bigram", "classical", "student"):
         assert m[f"ppl_full_{name}"] > m[f"ppl_{name}"]
-    assert m["params_classical"] <= m["params_embedding"] + m["params_quantum_circuit"] + m["params_quantum_classical"]
+    assert m["params_classical"] <= m["params_student_embedding"] + m["params_student_circuit"] + m["params_student_classical"]
     assert m["bytes_student"] == (tiny_repo / "models" / "student" / "model.safetensors").stat().st_size
     train = json.loads((tiny_repo / "metrics" / "train.json").read_text())
     assert train["student_steps"] == 30 and np.isfinite(train["student_val_ppl"])
     # every seed of both kinds was trained and evaluated; the selected one is the best on validation
-    assert m["seeds_quantum"] == m["seeds_classical"] == train["seeds"] == 3 and m["ppl_quantum_sd"] > 0
+    assert m["seeds_student"] == m["seeds_classical"] == train["seeds"] == 3 and m["ppl_student_sd"] > 0
     seeds = sorted(p.name for p in (tiny_repo / "models" / "seeds").iterdir())
     assert seeds == [f"{k}-s{s}" for k in ("classical", "student") for s in (0, 1, 2)]
     assert m["selected_seed"] == train["student_selected_seed"]
@@ -60,7 +60,7 @@ def test_champion_is_registered_loads_and_predicts(tiny_repo, monkeypatch):
     assert np.allclose(probs, direct.probs(direct.context_ids("Fair is foul, and foul is")[None])[0])
     run = mlflow.get_run(json.loads((tiny_repo / "metrics" / "train.json").read_text())["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    assert {"ppl_quantum", "ppl_unigram", "ppl_teacher_test", "student_val_ppl"} <= set(run.data.metrics)
+    assert {"ppl_student", "ppl_unigram", "ppl_teacher_test", "student_val_ppl"} <= set(run.data.metrics)
     assert run.data.tags["git_commit"] != "unknown" and "dvc.md5.data/prepared" in run.data.tags
 
 

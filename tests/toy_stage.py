@@ -43,7 +43,7 @@ student, seed = params["student"], params["seed"]
 METRICS = {  # what flows/report.py reads; the quantum student improves with layers
     "train": {"student_params_total": 40 * student["layers"], "classical_params_total": 85,
               "student_val_ppl": 5.0 - 0.5 * student["layers"] + 0.1 * seed, "classical_val_ppl": 4.0},
-    "evaluate": {"ppl_quantum": 5.1 - 0.5 * student["layers"] + 0.1 * seed, "ppl_classical": 4.1,
+    "evaluate": {"ppl_student": 5.1 - 0.5 * student["layers"] + 0.1 * seed, "ppl_classical": 4.1,
                  "ppl_unigram": 4.5, "ppl_bigram": 3.5, "ppl_teacher": 2.5},
 }
 upstream = [read(Path(d)) for d in spec.get("deps", []) if d != "stage.py"]

@@ -24,7 +24,7 @@ def run(params: Params, paths: Paths) -> dict:
     data, vocab, ids = load_distill_data(paths, params.student.context)
     test, V = data["test"], vocab.size
     student, cfg = load_student(paths.student)
-    classical, ccfg = load_student(paths.root / "models" / "classical")
+    ccfg = load_student(paths.root / "models" / "classical")[1]
     k = tune_bigram_k(ids["train"], ids["val"], V)
     full, llm_y, teacher_full = load_full_vocab(paths.prepared, paths.teacher, vocab)  # ppl_full_*: see evaluate.py
     prev, y = test.contexts[:, -1].numpy(), test.targets.numpy()
@@ -35,39 +35,40 @@ def run(params: Params, paths: Paths) -> dict:
     m.update({f"{key}_teacher": v for key, v in model_scores(test.teacher.float().numpy().clip(1e-8), y).items()})
     for name, p in probs.items():
         m.update({f"{key}_{name}": value for key, value in model_scores(p, y, (full, llm_y)).items()})
-    for name, folder in (("quantum", "student"), ("classical", "classical")):  # every seed, same test positions
-        per_seed = [model_scores(model_probs(load_student(f)[0], test.contexts), y, (full, llm_y))
-                    for f in sorted((paths.root / "models" / "seeds").glob(f"{folder}-s*"))]
-        m.update(seed_stats(name, per_seed, m["ppl_unigram"], m["ppl_teacher"],
+    for name, selected in (("student", cfg["seed"]), ("classical", ccfg["seed"])):  # every seed, same test positions
+        loaded = [load_student(f) for f in sorted((paths.root / "models" / "seeds").glob(f"{name}-s*"))]
+        per_seed = {c["seed"]: model_scores(model_probs(model, test.contexts), y, (full, llm_y)) for model, c in loaded}
+        m.update(seed_stats(name, list(per_seed.values()), m["ppl_unigram"], m["ppl_teacher"],
                             (m["ppl_full_unigram"], m["ppl_full_teacher"])))
-    m.update(ppl_quantum_selected=model_scores(model_probs(student, test.contexts), y)["ppl"],
-             ppl_classical_selected=model_scores(model_probs(classical, test.contexts), y)["ppl"],
-             selected_seed=cfg["seed"], ppl_ratio_quantum_classical=m["ppl_quantum"] / m["ppl_classical"],
-             ppl_full_ratio_quantum_classical=m["ppl_full_quantum"] / m["ppl_full_classical"])
+        m[f"ppl_{name}_selected"] = per_seed[selected]["ppl"]  # models/<name> is a copy of that seed's folder
+    m.update(selected_seed=cfg["seed"], student_kind=cfg["kind"],
+             ppl_ratio_student_classical=m["ppl_student"] / m["ppl_classical"],
+             ppl_full_ratio_student_classical=m["ppl_full_student"] / m["ppl_full_classical"])
     if params.evaluate.noisy_positions:
         noisy, exact, tgt, zeros, pick = noisy_subset(student, test.contexts, y, params.evaluate.noisy_positions,
                                                       fake_hardware(params.evaluate.noisy_backend),
                                                       params.evaluate.shots, params.evaluate.smoothing, params.seed)
-        m.update(ppl_quantum_noisy=perplexity(target_probs(noisy, tgt)),
-                 ppl_quantum_exact_subset=perplexity(target_probs(exact, tgt)),
-                 ppl_full_quantum_noisy=perplexity(full.target_probs(noisy, tgt, llm_y[pick])),
-                 ppl_full_quantum_exact_subset=perplexity(full.target_probs(exact, tgt, llm_y[pick])),
+        m.update(ppl_student_noisy=perplexity(target_probs(noisy, tgt)),
+                 ppl_student_exact_subset=perplexity(target_probs(exact, tgt)),
+                 ppl_full_student_noisy=perplexity(full.target_probs(noisy, tgt, llm_y[pick])),
+                 ppl_full_student_exact_subset=perplexity(full.target_probs(exact, tgt, llm_y[pick])),
                  noisy_zero_prob_targets=zeros, noisy_smoothing=params.evaluate.smoothing)
     if params.evaluate.hardware_backend and cfg["kind"] == "quantum":  # cost on hardware: hw_* (estimates)
         m.update(cost_report(student.spec, params.evaluate.hardware_backend, params.evaluate.shots, len(y),
                              params.evaluate.optimization_level, params.seed,
                              weights=student.circuit_weights.detach().cpu().numpy()))
     counts = cfg["param_counts"]
-    m.update(params_quantum_circuit=counts["circuit"], params_embedding=counts["embedding"],
-             params_quantum_classical=counts["classical"], params_classical=ccfg["param_counts"]["total"],
+    m.update(params_student_circuit=counts["circuit"], params_student_embedding=counts["embedding"],
+             params_student_classical=counts["classical"], params_classical=ccfg["param_counts"]["total"],
              params_teacher=json.loads((paths.metrics / "teacher.json").read_text())["params_teacher"],
              bytes_student=(paths.student / "model.safetensors").stat().st_size,
              bytes_classical=(paths.root / "models" / "classical" / "model.safetensors").stat().st_size,
              bytes_teacher=json.loads((paths.metrics / "teacher.json").read_text())["bytes_teacher"],
              test_tokens=len(y), test_data_hash=tracking.dvc_out_hashes(paths).get("data/prepared", vocab.digest()))
-    bars = {n: m[f"ppl_{n}"] for n in ("uniform", "unigram", "bigram", "classical", "quantum", "teacher")}
-    if "ppl_quantum_noisy" in m:
-        bars["quantum noisy (subset)"] = m["ppl_quantum_noisy"]
+    bars = {n: m[f"ppl_{n}"] for n in ("uniform", "unigram", "bigram", "classical")}
+    bars.update({f"{cfg['kind']} student": m["ppl_student"], "teacher": m["ppl_teacher"]})
+    if "ppl_student_noisy" in m:
+        bars["student noisy (subset)"] = m["ppl_student_noisy"]
     chart = perplexity_bars(paths.plots / "eval_perplexity.png", bars, f"Test perplexity, V={V}")
     card = model_card(params, m, cfg)
     with tracking.pipeline_run(paths, params, run_id=cfg["run_id"], stage="evaluate"):

@@ -19,9 +19,9 @@ def run(params: Params, paths: Paths) -> dict:
     name = params.registry.model_name
     m = json.loads((paths.metrics / "eval.json").read_text())
     cfg = json.loads((paths.student / "config.json").read_text())
-    tags = {key: str(m[key]) for key in ("ppl_quantum", "ppl_quantum_sd", "ppl_classical", "ppl_unigram", "ppl_bigram",
-                                         "ppl_teacher", "gap_recovered", "test_data_hash", "selected_seed")}
-    tags["ppl_test"] = str(m["ppl_quantum_selected"])  # this version's own test perplexity: what the gate compares
+    tags = {key: str(m[key]) for key in ("ppl_student", "ppl_student_sd", "ppl_classical", "ppl_unigram", "ppl_bigram",
+                                         "ppl_teacher", "gap_recovered_student", "test_data_hash", "selected_seed")}
+    tags["ppl_test"] = str(m["ppl_student_selected"])  # this version's own test perplexity: what the gate compares
     with tracking.pipeline_run(paths, params, run_id=cfg["run_id"], stage="register") as run_id:
         uri = tracking.log_student_model(paths.student, cfg["vocab"]["size"], cfg["context"])
         with tracking.registered_version(uri, name, {**tags, "run_id": run_id}) as version:  # undone on failure

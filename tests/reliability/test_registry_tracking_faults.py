@@ -201,10 +201,10 @@ def test_register_stage_never_promotes_when_the_champion_cannot_be_read(server, 
     cfg = json.loads((paths.student / "config.json").read_text())
     (paths.student / "config.json").write_text(json.dumps({**cfg, "run_id": run_id}))
     paths.metrics.mkdir()
-    keys = ("ppl_quantum", "ppl_quantum_sd", "ppl_classical", "ppl_unigram", "ppl_bigram", "ppl_teacher",
-            "gap_recovered", "selected_seed")
+    keys = ("ppl_student", "ppl_student_sd", "ppl_classical", "ppl_unigram", "ppl_bigram", "ppl_teacher",
+            "gap_recovered_student", "selected_seed")
     (paths.metrics / "eval.json").write_text(json.dumps({**{k: 1.0 for k in keys}, "test_data_hash": "h",
-                                                         "ppl_quantum_selected": 50.0}))  # far worse than v1
+                                                         "ppl_student_selected": 50.0}))  # far worse than v1
     proxy.fail("GET", "/mlflow/registered-models/alias", "alias=champion")  # the champion cannot be read
 
     err = outcome(lambda: register.run(params, paths))

@@ -61,8 +61,8 @@ def test_concurrent_flow_runs_with_different_params_stay_separate(project):
         student = json.loads((repo / "models" / "student" / "config.json").read_text())
         assert student["layers"] == int(layers) and student["run_id"] == r.info.run_id
         evaluated = json.loads((repo / "metrics" / "eval.json").read_text())
-        assert r.data.metrics["ppl_quantum"] == pytest.approx(evaluated["ppl_quantum"])
-        assert results[name]["metrics"]["ppl_quantum"] == pytest.approx(evaluated["ppl_quantum"])
+        assert r.data.metrics["ppl_student"] == pytest.approx(evaluated["ppl_student"])
+        assert results[name]["metrics"]["ppl_student"] == pytest.approx(evaluated["ppl_student"])
     assert runs["a"].data.tags["prefect.flow_run_id"] != runs["b"].data.tags["prefect.flow_run_id"]
 
 
