@@ -3,8 +3,8 @@
 Work already done is DVC's business (flows/experiment.py): a stage task runs `dvc repro
 --single-item <stage>` in the run's workspace, and DVC restores it from the run-cache when the same
 command, deps and params ran before. The task logs the stage's output line by line (teacher shards
-done / total, training steps by tenths when one process trains, each seed's best validation
-perplexity, the stage's metrics) and returns the stage's DVC metrics.
+done / total, training steps by tenths, every seed's validation perplexity at each evaluation and
+its best, the stage's metrics) and returns the stage's DVC metrics.
 
 Retries: only for failures that can pass by themselves -- the stage exited with EXIT_TRANSIENT
 (I/O, memory, network: loading the teacher, submitting circuits to IBM hardware), with exponential

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,9 +227,23 @@ def train_job(root: str, params_json: str, name: str, kind: str, seed: int, out_
     key = run_key({"model": name, "params": params.model_dump(exclude={"evaluate", "registry"}), "vocab": vocab.digest(),
                    "basis": basis.tolist(), "n_train": len(data["train"].targets)})
     result = train(model, data["train"], data["val"], params.train, seed, paths.checkpoints / f"{name}_s{seed}.safetensors",
-                   key, progress=progress)
+                   key, eval_line(name, seed, params.train.steps, progress), progress)
     save_student(model, Path(out_dir) / f"{name}-s{seed}", {"vocab": vocab.to_json(), "seed": seed, **extra_config})
     return result
+
+
+def eval_line(name: str, seed: int, steps: int, progress=None) -> Callable[[dict], None] | None:
+    """on_eval that prints one line per evaluation (a stage log under DVC/Prefect shows the validation
+    perplexity as training goes, from worker processes too); None under a rich bar, which shows the steps."""
+    from rich.progress import Progress
+
+    if isinstance(progress, Progress):
+        return None
+
+    def show(row: dict) -> None:
+        print(f"train: {name} seed {seed} step {row['step']}/{steps}: val ppl {row['val_ppl']:.3f}",
+              file=sys.stderr, flush=True)  # one short write: lines from parallel workers do not interleave
+    return show
 
 
 def train_workers(n_jobs: int) -> int:

@@ -79,7 +79,8 @@ def make_pipeline_repo(folder: Path, params: dict) -> Path:
 def tiny_repo(tmp_path_factory) -> Path:
     """The tiny pipeline after `dvc repro` of every stage it has (real teacher inference)."""
     repo = make_pipeline_repo(tmp_path_factory.mktemp("pipeline") / "repo", TINY_PARAMS)
-    run(["dvc", "repro"], repo)
+    proc = run(["dvc", "repro"], repo)
+    (repo.parent / "repro.log").write_text(proc.stdout + proc.stderr)  # what a stage log shows (beside the repo)
     return repo
 
 

@@ -44,6 +44,16 @@ def test_eval_metrics_hold_every_key_beside_baselines(tiny_repo):
 
 
 @pytest.mark.slow
+def test_the_stage_log_shows_every_seeds_validation_perplexity_as_it_trains(tiny_repo):
+    log = (tiny_repo.parent / "repro.log").read_text()  # training ran in worker processes on >= 2 cores
+    for name in ("student", "classical"):
+        for seed in (0, 1, 2):
+            steps = [ln for ln in log.splitlines() if ln.startswith(f"train: {name} seed {seed} step ")]
+            assert [ln.split()[5] for ln in steps] == ["10/30:", "20/30:", "30/30:"], steps
+            assert all(np.isfinite(float(ln.rsplit(" ", 1)[1])) for ln in steps)
+
+
+@pytest.mark.slow
 def test_champion_is_registered_loads_and_predicts(tiny_repo, monkeypatch):
     import mlflow
 
