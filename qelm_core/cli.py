@@ -41,12 +41,28 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def run_stage(name: str, params_path: Path) -> dict:
+LM_STAGES = "qelm_core.stages"
+CLASSIFY_STAGES = "qelm_core.classify.stages"
+
+
+def load_task(package: str, params_path: Path):
+    """-> (typed params, paths) of the pipeline whose stage modules live in `package`."""
+    if package == CLASSIFY_STAGES:
+        from qelm_core.classify.config import ClassifyPaths, load_classify_params
+
+        return load_classify_params(params_path), ClassifyPaths.here()
+    return load_params(params_path), Paths.here()
+
+
+def run_stage(name: str, params_path: Path, package: str = LM_STAGES) -> dict:
+    """The one stage dispatcher of both pipelines: params loaded once, torch threads set from the stage's
+    work, `<package>.<name>.run(params, paths)`; a QelmError is one line and exit 2, a transient error
+    exit 75 (the flows retry it), anything else a bug with its traceback."""
     try:
-        params = load_params(params_path)
-        threads.use(threads.stage_work(name, params.student.n_qubits, params.train.batch_size))
-        stage = importlib.import_module(f"qelm_core.stages.{name}")
-        result = stage.run(params, Paths.here())
+        params, paths = load_task(package, params_path)
+        work_name = name if package == LM_STAGES else f"classify-{name}"
+        threads.use(threads.stage_work(work_name, params.student.n_qubits, params.train.batch_size))
+        result = importlib.import_module(f"{package}.{name}").run(params, paths)
     except QelmError as err:
         fail(str(err))
     except Exception as err:
@@ -58,12 +74,12 @@ def run_stage(name: str, params_path: Path) -> dict:
     return result
 
 
-def _stage_command(name: str, doc: str):
-    def command(params: Path = PARAMS) -> None:
-        run_stage(name, params)
+def _stage_command(name: str, doc: str, package: str = LM_STAGES, params_option=PARAMS):
+    def command(params: Path = params_option) -> None:
+        run_stage(name, params, package)
 
     command.__doc__ = doc
-    app.command(name)(command)
+    app.command(name if package == LM_STAGES else f"classify-{name}")(command)
 
 
 for _name, _doc in [
@@ -80,21 +96,6 @@ for _name, _doc in [
 # ---- text classification (issue #7): classify/dvc.yaml runs these; code in qelm_core/classify/
 CLASSIFY_PARAMS = typer.Option(Path("classify/params.yaml"), "--params", "-p", help="classify params file")
 
-
-def _classify_command(name: str, doc: str):
-    def command(params: Path = CLASSIFY_PARAMS) -> None:
-        from qelm_core.classify.stages import run_stage as run_classify_stage
-
-        try:
-            result = run_classify_stage(name, params)
-        except QelmError as err:
-            fail(str(err))
-        typer.echo(json.dumps(result, indent=2, default=str))
-
-    command.__doc__ = doc
-    app.command(f"classify-{name}")(command)
-
-
 for _name, _doc in [
     ("prepare", "Classification datasets -> stratified splits (GX-validated)."),
     ("features", "MiniLM embeddings and teacher hidden states for every split (cached shards)."),
@@ -103,7 +104,7 @@ for _name, _doc in [
     ("evaluate", "Accuracy / macro-F1 of every model, exact and on a noisy fake IBM backend."),
     ("register", "Log the quantum classifier to the MLflow registry as `qelm-classifier`."),
 ]:
-    _classify_command(_name, _doc)
+    _stage_command(_name, _doc, CLASSIFY_STAGES, CLASSIFY_PARAMS)
 
 
 @app.command("classify-predict")
@@ -160,9 +161,13 @@ def predict(
 @app.command()
 def promote(
     force: bool = typer.Option(False, "--force", help="promote even if the challenger is not better (logged)"),
+    model: str = typer.Option("", "--model", "-m",
+                              help="registered model (default: the LM student's registry.model_name; "
+                                   "the classifier: qelm-classifier)"),
     params: Path = PARAMS,
 ) -> None:
-    """Move the `champion` alias to the `challenger` if it has lower test perplexity on the same data."""
+    """Move the `champion` alias to the `challenger` if it is better on the same test data (each version's
+    gate: the LM student's test perplexity, the classifier's test accuracy) and loads."""
     from rich.console import Console
     from rich.table import Table
 
@@ -170,13 +175,13 @@ def promote(
     from qelm_core.registry import promote as promote_challenger
 
     try:
-        name = load_params(params).registry.model_name
+        name = model or load_params(params).registry.model_name
         tracking.configure(Paths.here())
         decision = promote_challenger(name, force)
     except QelmError as err:
         fail(str(err))
     table = Table(title=f"{name}: {'PROMOTED' if decision.promote else 'unchanged'} ({decision.reason})")
-    for column in ("alias", "version", "ppl_test (this version)", "test data hash"):
+    for column in ("alias", "version", f"{decision.metric} (this version)", "test data hash"):
         table.add_column(column)
     for row in decision.rows:
         table.add_row(*row)

@@ -1,9 +1,11 @@
-"""Alias-based promotion: `challenger` replaces `champion` only when it is better on the same test data.
+"""Alias-based promotion, one gate for every registered model: `challenger` replaces `champion` only
+when it is better on the same test data, and only if it loads and answers.
 
-The decision is plain Python over the versions' tags (ppl_test: the version's own test
-perplexity; test_data_hash); tracking.py
-does the MLflow calls. Nothing moves unless every check passed, so a refused promotion leaves the
-registry exactly as it was.
+Each version carries its gate in its tags: `gate_metric` (the tag holding the version's own test
+score: `ppl_test` for the LM student, `accuracy_test` for the classifier), `gate_better` (`lower` or
+`higher`) and `test_data_hash`. The decision is plain Python over those tags; tracking.py does the
+MLflow calls. Nothing moves unless every check passed, so a refused promotion leaves the registry
+exactly as it was.
 """
 from __future__ import annotations
 
@@ -12,7 +14,15 @@ from dataclasses import dataclass
 from qelm_core import tracking
 from qelm_core.config import QelmError
 
-GATED_METRIC = "ppl_test"  # the registered model's own test perplexity (not the mean over seeds); lower is better
+# Versions registered before the gate tags existed are LM students gated on their test perplexity.
+DEFAULT_GATE = ("ppl_test", "lower")
+
+
+def gate_tags(metric: str, better: str, value: float, test_data_hash: str) -> dict[str, str]:
+    """The tags a registration writes so that `promote` can judge the version."""
+    if better not in ("lower", "higher"):
+        raise ValueError(f"gate_better must be 'lower' or 'higher', got {better!r}")
+    return {"gate_metric": metric, "gate_better": better, metric: str(value), "test_data_hash": test_data_hash}
 
 
 class PromotionError(QelmError):
@@ -23,37 +33,47 @@ class PromotionError(QelmError):
 class Decision:
     promote: bool
     reason: str
-    rows: list[tuple[str, str, str, str]]  # (alias, version, ppl_test, test_data_hash)
+    rows: list[tuple[str, str, str, str]]  # (alias, version, gated metric value, test_data_hash)
+    metric: str = DEFAULT_GATE[0]
 
 
-def _row(alias: str, version) -> tuple[str, str, str, str]:
+def gate_of(version) -> tuple[str, str]:
+    """(metric tag, "lower" | "higher") of a registered version."""
+    return version.tags.get("gate_metric", DEFAULT_GATE[0]), version.tags.get("gate_better", DEFAULT_GATE[1])
+
+
+def _row(alias: str, version, metric: str) -> tuple[str, str, str, str]:
     if version is None:
         return (alias, "-", "-", "-")
-    return (alias, str(version.version), version.tags.get(GATED_METRIC, "?"), version.tags.get("test_data_hash", "?"))
+    return (alias, str(version.version), version.tags.get(metric, "?"), version.tags.get("test_data_hash", "?"))
 
 
 def decide(challenger, champion, force: bool) -> Decision:
-    rows = [_row("champion", champion), _row("challenger", challenger)]
     if challenger is None:
         raise PromotionError("no `challenger` version to promote; run the pipeline (dvc repro) to register one")
+    metric, better = gate_of(challenger)
+    rows = [_row("champion", champion, metric), _row("challenger", challenger, metric)]
+    if champion is not None and gate_of(champion) != (metric, better):
+        raise PromotionError(f"champion v{champion.version} is gated on {gate_of(champion)[0]} and challenger "
+                             f"v{challenger.version} on {metric}; register both with the same gate")
     for version, alias in ((challenger, "challenger"), (champion, "champion")):
-        if version is not None and GATED_METRIC not in version.tags:
-            raise PromotionError(f"{alias} version {version.version} has no {GATED_METRIC} tag; re-run `qelm register`")
+        if version is not None and metric not in version.tags:
+            raise PromotionError(f"{alias} version {version.version} has no {metric} tag; re-run its register stage")
     if champion is None:
-        return Decision(True, "first model: no champion yet", rows)
+        return Decision(True, "first model: no champion yet", rows, metric)
     if champion.version == challenger.version:
-        return Decision(False, f"version {challenger.version} already is the champion", rows)
+        return Decision(False, f"version {challenger.version} already is the champion", rows, metric)
     if challenger.tags.get("test_data_hash") != champion.tags.get("test_data_hash"):
         raise PromotionError(
             f"challenger v{challenger.version} was evaluated on different test data than champion v{champion.version} "
             f"({challenger.tags.get('test_data_hash')} vs {champion.tags.get('test_data_hash')}); re-evaluate both "
             "on the same data")
-    new, old = float(challenger.tags[GATED_METRIC]), float(champion.tags[GATED_METRIC])
-    if new < old:
-        return Decision(True, f"{GATED_METRIC} {new:.3f} < {old:.3f}", rows)
+    new, old = float(challenger.tags[metric]), float(champion.tags[metric])
+    if (new < old) if better == "lower" else (new > old):
+        return Decision(True, f"{metric} {new:.4g} {'<' if better == 'lower' else '>'} {old:.4g}", rows, metric)
     if force:
-        return Decision(True, f"forced: {GATED_METRIC} {new:.3f} is not better than {old:.3f}", rows)
-    return Decision(False, f"kept champion: {GATED_METRIC} {new:.3f} is not better than {old:.3f}", rows)
+        return Decision(True, f"forced: {metric} {new:.4g} is not better than {old:.4g}", rows, metric)
+    return Decision(False, f"kept champion: {metric} {new:.4g} is not better than {old:.4g}", rows, metric)
 
 
 def promote(name: str, force: bool = False) -> Decision:
@@ -67,14 +87,13 @@ def promote(name: str, force: bool = False) -> Decision:
 
 
 def check_loads(name: str, version: str) -> None:
-    """A champion must load and answer; a broken model file is refused before any alias moves."""
-    import pandas as pd
-
+    """A champion must load and answer its own probe request (qelm_core/pyfunc_base.py); a broken model
+    file is refused before any alias moves."""
     from mlflow.exceptions import MlflowException
 
     try:
         model = tracking.load_registered(f"models:/{name}/{version}")
-        model.predict(pd.DataFrame({"context_ids": [[0] * int(model.metadata.metadata["context"])]}))
+        model.predict(model.unwrap_python_model().probe())
     except (MlflowException, QelmError, OSError) as err:
         raise PromotionError(f"{name} v{version} does not load ({str(err).splitlines()[0][:200]}); "
-                             "re-run `qelm register` before promoting") from None
+                             "re-run its register stage before promoting") from None

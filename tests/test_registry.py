@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qelm_core.registry import PromotionError, decide
+from qelm_core.registry import PromotionError, decide, gate_tags
 from qelm_core.serving import context_ids_body, model_server, post
 
 
@@ -30,6 +30,46 @@ def test_refuses_no_challenger_and_different_test_data():
         decide(None, version(1, 20), force=False)
     with pytest.raises(PromotionError, match="different test data"):
         decide(version(2, 5, data="other"), version(1, 20), force=True)
+
+
+def gated(number, metric, better, value, data="h1"):
+    return SimpleNamespace(version=str(number), tags=gate_tags(metric, better, value, data))
+
+
+def test_a_higher_is_better_gate_promotes_only_a_more_accurate_classifier():
+    assert not decide(gated(2, "accuracy_test", "higher", 0.80), gated(1, "accuracy_test", "higher", 0.85), False).promote
+    better = decide(gated(2, "accuracy_test", "higher", 0.90), gated(1, "accuracy_test", "higher", 0.85), False)
+    assert better.promote and better.metric == "accuracy_test" and better.rows[1][2] == "0.9"
+    assert gate_tags("ppl_test", "lower", 19.0, "h1") == version(1, 19.0).tags | {"gate_metric": "ppl_test",
+                                                                                   "gate_better": "lower"}
+
+
+def test_versions_with_different_gates_are_not_compared():
+    with pytest.raises(PromotionError, match="gated on ppl_test"):
+        decide(gated(2, "accuracy_test", "higher", 0.9), version(1, 20), force=True)
+    with pytest.raises(ValueError, match="lower' or 'higher"):
+        gate_tags("accuracy_test", "bigger", 0.9, "h1")
+
+
+@pytest.mark.parametrize("module, frame, message", [
+    ("qelm_core.pyfunc_model", {"context_ids": [[1, 2]] * 10_001}, "at most 10000 per request"),
+    ("qelm_core.classify.pyfunc_model", {"text": ["a"] * 10_001}, "at most 10000 per request"),
+    ("qelm_core.classify.pyfunc_model", {"dataset": ["bbc"]}, "give a `text` column"),
+    ("qelm_core.pyfunc_model", {}, "no rows in the request"),
+])
+def test_both_served_models_answer_bad_requests_with_our_one_line_400(module, frame, message):
+    """The shared serving base (qelm_core/pyfunc_base.py): row limit and INVALID_PARAMETER_VALUE (HTTP 400)."""
+    import importlib
+    import threading
+
+    from mlflow.exceptions import MlflowException
+
+    served = next(v for v in vars(importlib.import_module(module)).values()
+                  if isinstance(v, type) and v.__module__ == module)()
+    served.lock = threading.Lock()
+    with pytest.raises(MlflowException, match=message) as err:
+        served.predict(None, pd.DataFrame(frame))
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE" and err.value.get_http_status_code() == 400
 
 
 def save_tiny_student(folder):

@@ -11,7 +11,7 @@ import json
 from qelm_core import tracking
 from qelm_core.config import Params, Paths
 from qelm_core.io import atomic_write_json
-from qelm_core.registry import promote
+from qelm_core.registry import gate_tags, promote
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -20,8 +20,9 @@ def run(params: Params, paths: Paths) -> dict:
     m = json.loads((paths.metrics / "eval.json").read_text())
     cfg = json.loads((paths.student / "config.json").read_text())
     tags = {key: str(m[key]) for key in ("ppl_student", "ppl_student_sd", "ppl_classical", "ppl_unigram", "ppl_bigram",
-                                         "ppl_teacher", "gap_recovered_student", "test_data_hash", "selected_seed")}
-    tags["ppl_test"] = str(m["ppl_student_selected"])  # this version's own test perplexity: what the gate compares
+                                         "ppl_teacher", "gap_recovered_student", "selected_seed")}
+    # the gate compares this version's own test perplexity (the selected seed's), lower is better
+    tags.update(gate_tags("ppl_test", "lower", m["ppl_student_selected"], m["test_data_hash"]))
     with tracking.pipeline_run(paths, params, run_id=cfg["run_id"], stage="register") as run_id:
         uri = tracking.log_student_model(paths.student, cfg["vocab"]["size"], cfg["context"])
         with tracking.registered_version(uri, name, {**tags, "run_id": run_id}) as version:  # undone on failure

@@ -234,6 +234,11 @@ def test_classify_register_never_makes_champion_on_a_server_error(server, proxy,
     acc = {"accuracy_mean": 0.5}
     (paths.metrics / "classify_eval.json").write_text(json.dumps(
         {"datasets": {"sentiment": {"summary": {"quantum_exact": acc, "mlp": acc, "teacher": acc}}}}))
+    paths.reports.mkdir()  # the registered seed's own test accuracy (the gate) and its test data (hashed)
+    (paths.reports / "classify_per_seed.json").write_text(json.dumps(
+        {"sentiment": [{"seed": 0, "quantum_exact": {"accuracy": 0.5}}]}))
+    (paths.prepared / "sentiment").mkdir(parents=True)
+    (paths.prepared / "sentiment" / "test.jsonl").write_text('{"text": "fine", "label": 1}\n')
     model_dir = paths.model_dir("sentiment", 0, "quantum")
     model_dir.mkdir(parents=True)
     (model_dir / "config.json").write_text("{}")

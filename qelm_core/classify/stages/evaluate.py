@@ -39,9 +39,3 @@ def run(params: ClassifyParams, paths: ClassifyPaths) -> dict:
         tracking.log_artifact(paths.reports / "classify_per_seed.json", "reports")
     atomic_write_json(paths.metrics / "classify_eval.json", result)
     return result
-
-
-if __name__ == "__main__":
-    from qelm_core.classify.stages import main
-
-    main("evaluate")

@@ -41,9 +41,3 @@ def run(params: ClassifyParams, paths: ClassifyPaths) -> dict:
     stats["teacher_params"] = teacher_param_counts(fp.teacher_model, fp.teacher_layer)
     atomic_write_json(paths.metrics / "classify_features.json", stats)
     return stats
-
-
-if __name__ == "__main__":
-    from qelm_core.classify.stages import main
-
-    main("features")

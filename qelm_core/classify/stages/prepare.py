@@ -26,9 +26,3 @@ def run(params: ClassifyParams, paths: ClassifyPaths) -> dict:
     write_prepared(paths.prepared, out)
     atomic_write_json(paths.metrics / "classify_prepare.json", stats)
     return stats
-
-
-if __name__ == "__main__":
-    from qelm_core.classify.stages import main
-
-    main("prepare")

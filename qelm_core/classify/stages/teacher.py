@@ -30,9 +30,3 @@ def run(params: ClassifyParams, paths: ClassifyPaths) -> dict:
             metrics[name] = m
     atomic_write_json(paths.metrics / "classify_teacher.json", metrics)
     return metrics
-
-
-if __name__ == "__main__":
-    from qelm_core.classify.stages import main
-
-    main("teacher")

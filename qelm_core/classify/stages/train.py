@@ -40,9 +40,3 @@ def run(params: ClassifyParams, paths: ClassifyPaths) -> dict:
         metrics["mlflow_run_id"] = run_id
     atomic_write_json(paths.metrics / "classify_train.json", metrics)
     return metrics
-
-
-if __name__ == "__main__":
-    from qelm_core.classify.stages import main
-
-    main("train")
