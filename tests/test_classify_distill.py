@@ -13,13 +13,7 @@ from qelm_core.classify.teacher import fit_teacher_head, standardiser
 from qelm_core.classify.train import SplitTensors, fit, predict_logits
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models on shared cores: one torch thread is several times faster (see classify/params.yaml)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fixed_split(seed=0, n_train=240, n_val=80, n_test=200, d=8):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import REPO, run
+from tests.conftest import REPO, commit_dvc_repo, run
 
 TINY = {
     "seeds": [0, 1],
@@ -30,12 +30,7 @@ def _classify_repo(folder):
     shutil.copy(REPO / "classify" / "dvc.yaml", folder / "classify" / "dvc.yaml")
     params = _merge(yaml.safe_load((REPO / "classify" / "params.yaml").read_text()), TINY)
     (folder / "classify" / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q", "-b", "main"], folder)
-    run(["dvc", "init", "-q"], folder)
-    run(["dvc", "config", "core.analytics", "false"], folder)
-    run(["git", "add", "-A"], folder)
-    run(["git", "commit", "-q", "-m", "tiny classify pipeline"], folder)
-    return folder
+    return commit_dvc_repo(folder, "tiny classify pipeline")
 
 
 @pytest.mark.slow

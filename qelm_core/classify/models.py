@@ -40,23 +40,19 @@ LinearClassifier: z -> Dense(d -> C) (logistic regression)
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from qelm_core.circuits import CircuitSpec, ansatz, apply_ops, ring
 from qelm_core.config import QelmError
 from qelm_core.fused import compile_fused
-from qelm_core.io import atomic_dir, atomic_write_json
+from qelm_core.weights import CONFIG_FILE, load_matching, read_folder, save_folder
 
 FORMAT = "qelm-classifier/1"
-WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 KINDS = ("quantum", "mlp", "logreg")
 
 
@@ -232,38 +228,25 @@ def z_qnode(spec, device, shots: int | None = None, diff_method: str | None = No
 # ------------------------------------------------------------------ save / load (safetensors + JSON, no pickle)
 
 def save_model(model: _Base, folder: Path, extra: dict | None = None) -> Path:
-    cfg = {"format": FORMAT, **model.config(), "param_counts": param_counts(model), **(extra or {})}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_dir(folder) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "qelm": FORMAT})
-        atomic_write_json(tmp / CONFIG_FILE, cfg)
-    return Path(folder)
+    """folder/model.safetensors + folder/config.json (qelm_core/weights.py), atomically."""
+    return save_folder(folder, model, {**model.config(), "param_counts": param_counts(model), **(extra or {})}, FORMAT)
 
 
 def load_model(folder: Path) -> tuple[_Base, dict]:
     """Rebuild from config.json, load the safetensors weights; any problem is one QelmError line."""
-    folder = Path(folder)
     fix = "re-run: dvc repro classify/dvc.yaml"
+    cfg, state = read_folder(folder, FORMAT, fix)
+    if cfg.get("kind") not in KINDS:
+        raise QelmError(f"{Path(folder) / CONFIG_FILE}: kind must be one of {', '.join(KINDS)}; {fix}")
     try:
-        cfg = json.loads((folder / CONFIG_FILE).read_text())
-        state = load_file(str(folder / WEIGHTS_FILE))
-    except FileNotFoundError as err:
-        raise QelmError(f"{err.filename}: missing; {fix}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as err:
-        raise QelmError(f"{folder}: unreadable model ({type(err).__name__}); {fix}") from None
-    if cfg.get("format") != FORMAT or cfg.get("kind") not in KINDS:
-        raise QelmError(f"{folder / CONFIG_FILE}: not a {FORMAT} config; {fix}")
-    d, c = cfg["d"], cfg["n_classes"]
-    if cfg["kind"] == "quantum":
-        model = QuantumClassifier(d, c, cfg["n_qubits"], cfg["layers"], cfg["entangler"], cfg["angle_offset"],
-                                  cfg["angle_scale"])
-    elif cfg["kind"] == "mlp":
-        model = MLPClassifier(d, c, cfg["hidden"])
-    else:
-        model = LinearClassifier(d, c)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise QelmError(f"{folder / WEIGHTS_FILE}: weights do not match {CONFIG_FILE} "
-                        f"({str(err).splitlines()[0][:160]}); {fix}") from None
-    return model.eval(), cfg
+        d, c = cfg["d"], cfg["n_classes"]
+        if cfg["kind"] == "quantum":
+            model = QuantumClassifier(d, c, cfg["n_qubits"], cfg["layers"], cfg["entangler"], cfg["angle_offset"],
+                                      cfg["angle_scale"])
+        elif cfg["kind"] == "mlp":
+            model = MLPClassifier(d, c, cfg["hidden"])
+        else:
+            model = LinearClassifier(d, c)
+    except KeyError as err:
+        raise QelmError(f"{Path(folder) / CONFIG_FILE}: missing key {err}; {fix}") from None
+    return load_matching(model, state, folder, fix).eval(), cfg

@@ -10,8 +10,7 @@ import json
 
 from qelm_core import tracking
 from qelm_core.config import Params, Paths
-from qelm_core.io import atomic_write_json
-from qelm_core.registry import gate_tags, promote
+from qelm_core.registry import gate_tags, register_challenger
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -25,10 +24,4 @@ def run(params: Params, paths: Paths) -> dict:
     tags.update(gate_tags("ppl_test", "lower", m["ppl_student_selected"], m["test_data_hash"]))
     with tracking.pipeline_run(paths, params, run_id=cfg["run_id"], stage="register") as run_id:
         uri = tracking.log_student_model(paths.student, cfg["vocab"]["size"], cfg["context"])
-        with tracking.registered_version(uri, name, {**tags, "run_id": run_id}) as version:  # undone on failure
-            result = {"model_name": name, "version": int(version), "challenger": int(version)}
-            if tracking.alias_version(name, "champion") is None:
-                result["promotion"] = promote(name).reason
-            result["champion"] = int(tracking.alias_version(name, "champion").version)
-            atomic_write_json(paths.metrics / "register.json", result)
-    return result
+        return register_challenger(uri, name, {**tags, "run_id": run_id}, paths.metrics / "register.json")

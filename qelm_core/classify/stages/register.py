@@ -10,8 +10,7 @@ import json
 
 from qelm_core import tracking
 from qelm_core.classify.config import ClassifyParams, ClassifyPaths
-from qelm_core.io import atomic_write_json
-from qelm_core.registry import gate_tags, promote
+from qelm_core.registry import gate_tags, register_challenger
 
 
 def test_data_hash(paths: ClassifyPaths, datasets: list[str]) -> str:
@@ -39,10 +38,4 @@ def run(params: ClassifyParams, paths: ClassifyPaths) -> dict:
                      f"{ds}.accuracy_teacher": f"{s['teacher']['accuracy_mean']:.4f}"})
     with tracking.classify_run(paths, params, run_id=run_id, stage="classify-register"):
         uri = tracking.log_classifier_model(artifacts, {"datasets": list(params.datasets), "seed": seed})
-        with tracking.registered_version(uri, name, {**tags, "run_id": run_id}) as version:  # undone on failure
-            result = {"model_name": name, "version": int(version), "challenger": int(version)}
-            if tracking.alias_version(name, "champion") is None:
-                result["promotion"] = promote(name).reason
-            result["champion"] = int(tracking.alias_version(name, "champion").version)
-            atomic_write_json(paths.metrics / "classify_register.json", result)
-    return result
+        return register_challenger(uri, name, {**tags, "run_id": run_id}, paths.metrics / "classify_register.json")
