@@ -30,6 +30,7 @@ SETTINGS = {
     "n_qubits": ("student.n_qubits", "vocabulary = 2^n entries"),
     "context": ("student.context", "previous tokens the student sees"),
     "layers": ("student.layers", "trainable layers after each encoded token"),
+    "reupload_every": ("student.reupload_every", "the token again before every k-th layer (0 = once)"),
     "encoding": ("student.encoding", "embedding = trainable angles, bits = none"),
     "engine": ("student.engine", "fused = qelm's statevector code (default.qubit only)"),
     "device_name": ("device.name", "where the circuits run"),

@@ -19,7 +19,10 @@ State: n wires, starts in |0...0>. Ops are applied in list order; each op is a t
     RY(t) = [[cos t/2, -sin t/2], [sin t/2, cos t/2]]      RZ(t) = diag(e^{-it/2}, e^{+it/2})
 
 Structure: for each context slot s (oldest first): one "data_ry" per qubit, then `layers` times
-{ one "rot" per qubit, then the entangler ring }. The ring is over the pairs (q, q+1 mod n) for
+{ one "rot" per qubit, then the entangler ring }; with `reupload_every` = k > 0 the slot's "data_ry"
+also comes again before layers k, 2k, ... (data re-uploading: the same angles, no new parameters;
+issue 16: k = 2 with 4 layers, 17.0 vs 17.5 test ppl at 6 layers without, 1.25x the training time).
+The ring is over the pairs (q, q+1 mod n) for
 q = 0..n-1; for n = 2 it is the single pair (0, 1); for n = 1 there is none. Entangler "cz" (default)
 or "cnot": CNOT rings permute basis states, so six of them after the last token scramble whatever
 order the vocabulary -> basis-state assignment gave the outputs; a CZ ring is diagonal (a sign per
@@ -78,13 +81,17 @@ def ring(n: int) -> list[tuple[int, int]]:
     return [(q, (q + 1) % n) for q in range(n)]
 
 
-def ansatz(n_qubits: int, context: int, layers: int, entangler: str = "cz") -> CircuitSpec:
+def ansatz(n_qubits: int, context: int, layers: int, entangler: str = "cz", reupload_every: int = 0) -> CircuitSpec:
+    """reupload_every = k > 0: the slot's token is encoded again before layers k, 2k, ... (0: once)."""
     if entangler not in ENTANGLERS:
         raise ValueError(f"entangler must be one of {ENTANGLERS}, got {entangler!r}")
+    if reupload_every < 0:
+        raise ValueError(f"reupload_every must be >= 0, got {reupload_every}")
     ops: list[tuple] = []
     for s in range(context):
-        ops += [("data_ry", q, s) for q in range(n_qubits)]
         for l in range(layers):
+            if l == 0 or (reupload_every and l % reupload_every == 0):
+                ops += [("data_ry", q, s) for q in range(n_qubits)]
             ops += [("rot", q, s, l) for q in range(n_qubits)]
             ops += [(entangler, a, b) for a, b in ring(n_qubits)]
     return CircuitSpec(n_qubits, context, layers, tuple(ops), entangler)

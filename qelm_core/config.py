@@ -70,6 +70,7 @@ class StudentParams(Strict):
     n_qubits: int = Field(8, ge=1, le=20)
     context: int = Field(2, ge=1)
     layers: int = Field(6, ge=1)  # trainable layers after each encoded token
+    reupload_every: int = Field(0, ge=0)  # the token's angles again before every k-th layer (0 = once)
     encoding: Literal["embedding", "bits"] = "embedding"
     log_bias: bool = True  # classical V-vector added to the circuit's log-probs (counted as classical)
     assignment: Literal["hamming", "random", "meaning"] = "meaning"  # vocab -> basis states (basis.py)

@@ -25,8 +25,9 @@ from .devices import diff_method_for, is_exact_simulator, make_device
 from .fused import compile_fused
 from .weights import CONFIG_FILE, WEIGHTS_FILE, load_matching, read_folder, save_folder
 
-STUDENT_KEYS = ("n_qubits", "context", "layers", "encoding", "log_bias", "assignment", "entangler", "engine",
-                "classical_dim")  # what config.json records to rebuild the model
+STUDENT_KEYS = ("n_qubits", "context", "layers", "reupload_every", "encoding", "log_bias", "assignment", "entangler",
+                "engine", "classical_dim")  # what config.json records to rebuild the model
+ADDED_KEYS = {"reupload_every": 0}  # keys newer than the format: models saved before them behave like this
 PROB_FLOOR = 1e-12  # probabilities are floored before the log so the NLL stays finite
 FORMAT = "qelm-student/2"  # /2: the basis map is saved with the weights
 
@@ -76,7 +77,7 @@ class QuantumStudent(nn.Module):
             raise ConfigError(f"student.engine: fused simulates the circuit itself and cannot run on "
                               f"{self.device_params.name} (shots={self.device_params.shots}); set student.engine: pennylane")
         n, V = params.n_qubits, 2**params.n_qubits
-        self.spec = ansatz(n, params.context, params.layers, params.entangler)
+        self.spec = ansatz(n, params.context, params.layers, params.entangler, params.reupload_every)
         basis = torch.as_tensor(hamming_order(n) if basis is None else basis, dtype=torch.long)
         if sorted(basis.tolist()) != list(range(V)):
             raise QelmError(f"student: basis must be a permutation of the {V} basis states")
@@ -249,7 +250,8 @@ def load_student(folder: str | Path, device_params: DeviceParams | None = None) 
     cfg, state = read_folder(folder, FORMAT, fix)
     cfg_path = Path(folder) / CONFIG_FILE
     try:
-        sp = StudentParams(**{k: cfg[k] for k in ("kind", *STUDENT_KEYS)})
+        sp = StudentParams(**{k: cfg[k] if k in cfg or k not in ADDED_KEYS else ADDED_KEYS[k]
+                              for k in ("kind", *STUDENT_KEYS)})
     except KeyError as err:
         raise QelmError(f"{cfg_path}: missing key {err}; {fix}") from None
     except ValueError as err:  # pydantic ValidationError

@@ -23,6 +23,22 @@ def test_ansatz_structure(entangler):
     assert ring(1) == [] and ring(2) == [(0, 1)] and ring(3) == [(0, 1), (1, 2), (2, 0)]
 
 
+def test_reupload_every_encodes_each_token_again_before_every_kth_layer():
+    spec = ansatz(2, context=2, layers=4, reupload_every=2)
+    data = [(i, op[2]) for i, op in enumerate(spec.ops) if op[0] == "data_ry" and op[1] == 0]
+    # wire 0's uploads come right before layers 0 and 2 of their own slot, and nowhere else
+    layers_after_upload = []
+    for i, s in data:
+        nxt = next(op for op in spec.ops[i:] if op[0] == "rot")
+        layers_after_upload.append((s, nxt[3]))
+    assert layers_after_upload == [(0, 0), (0, 2), (1, 0), (1, 2)]
+    assert spec.weight_shape == (2, 4, 2, 3)  # re-uploading adds gates, no parameters
+    assert ansatz(2, 2, 4, reupload_every=0).ops == ansatz(2, 2, 4).ops
+    assert [op[0] for op in ansatz(2, 1, 3, reupload_every=1).ops].count("data_ry") == 3 * 2
+    with pytest.raises(ValueError, match="reupload_every"):
+        ansatz(2, 1, 1, reupload_every=-1)
+
+
 def test_rot_matrix_is_ry_rz_ry():
     w = torch.tensor([0.3, -1.1, 2.0], dtype=torch.float64)
     expected = qml.RY(2.0, wires=0).matrix() @ qml.RZ(-1.1, wires=0).matrix() @ qml.RY(0.3, wires=0).matrix()

@@ -63,6 +63,17 @@ def test_gradients_match_default_qubit(n, k, L, entangler):
             torch.testing.assert_close(x, y, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("entangler", ["cz", "cnot"])
+def test_reuploading_circuit_matches_default_qubit(entangler):
+    spec = ansatz(3, 2, 4, entangler, reupload_every=2)
+    angles, weights, _ = inputs = _inputs(spec, seed=11)
+    torch.testing.assert_close(compile_fused(spec, dtype=torch.complex128)(angles, weights), _qnode(spec)(angles, weights),
+                               atol=1e-10, rtol=0)
+    ref, got = _nll_grads(_qnode(spec), *inputs), _nll_grads(compile_fused(spec, dtype=torch.complex128), *inputs)
+    for x, y in zip(got, ref):  # loss, d/d angles (each angle now enters twice), d/d weights
+        torch.testing.assert_close(x, y, atol=1e-10, rtol=1e-10)
+
+
 @pytest.mark.parametrize("n", [1, 3, 4])
 def test_unbatched_and_extra_leading_dims(n):
     spec = ansatz(n, context=2, layers=2)

@@ -4,6 +4,7 @@ import pickle
 import pytest
 import torch
 
+from qelm_core.circuits import ansatz
 from qelm_core.config import DeviceParams, QelmError, StudentParams, parse_params
 from qelm_core.student import (ClassicalStudent, QuantumStudent, build_student, load_student,
                                param_counts, predict_probs, quantum_param_count, save_student)
@@ -161,6 +162,20 @@ def test_save_load_round_trip(tmp_path, kind):
         assert torch.equal(model(ids), loaded(ids))
     save_student(model, folder, {"vocab_hash": "def"})  # overwrite in place
     assert load_student(folder)[1]["vocab_hash"] == "def"
+
+
+def test_reuploading_student_round_trips_and_older_configs_load_as_encoded_once(tmp_path):
+    params = parse_params({"student": {"n_qubits": 3, "context": 2, "layers": 2, "reupload_every": 1}})
+    model = build_student(params)
+    ids = all_ids(8, 2)
+    folder = save_student(model, tmp_path / "student", {})
+    loaded, cfg = load_student(folder)
+    assert cfg["reupload_every"] == 1 and loaded.spec == model.spec
+    with torch.no_grad():
+        assert torch.equal(model(ids), loaded(ids))
+    cfg.pop("reupload_every")  # a model saved before the key existed was encoded once per slot
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert load_student(folder)[0].spec.ops == ansatz(3, 2, 2, "cz").ops
 
 
 @pytest.fixture
