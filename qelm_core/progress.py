@@ -34,7 +34,9 @@ class LineProgress:
             step = int(self.steps * task["done"] / task["total"]) if task["total"] else 0
             if step > task["shown"]:
                 task["shown"] = step
-                print(f"{task['description']}: {task['done']:g}/{task['total']:g}", file=sys.stderr, flush=True)
+                # the whole line in one write, so worker processes' lines cannot land inside it (distill.eval_line)
+                sys.stderr.write(f"{task['description']}: {task['done']:g}/{task['total']:g}\n")
+                sys.stderr.flush()
 
 
 def progress_bar() -> Progress | LineProgress:

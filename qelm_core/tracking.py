@@ -102,13 +102,33 @@ def prefect_flow_run_id() -> str | None:
     return os.environ.get("QELM_PREFECT_FLOW_RUN_ID") or os.environ.get("PREFECT__FLOW_RUN_ID") or None
 
 
+MODEL_TAG = "qelm.model_digest"  # weights.folder_digest of the model a pipeline run trained
+
+
 @contextmanager
-def pipeline_run(paths: Paths, params: Params, run_id: str | None = None, stage: str = "") -> Iterator[str]:
-    """Open (run_id None) or re-open the pipeline's MLflow run. An exception marks it FAILED."""
+def pipeline_run(paths: Paths, params: Params, stage: str = "", model_digest: str | None = None) -> Iterator[str]:
+    """Open the pipeline's MLflow run (train: model_digest None), or re-open the run that trained the model
+    with `model_digest` (evaluate, register). The link lives in MLflow, not in the model files, so an
+    unchanged retrain writes the same bytes and DVC recognises it. Only "no run has that tag" opens a
+    new run (a fresh MLflow store beside restored models); an exception marks the run FAILED."""
     configure(paths)
+    run_id = None
+    if model_digest is not None:
+        import mlflow
+
+        mlflow.set_experiment(EXPERIMENT)
+        found = mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string=f"tags.`{MODEL_TAG}` = '{model_digest}'",
+                                   order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            print(f"{stage}: no MLflow run in {EXPERIMENT} trained this model ({MODEL_TAG} {model_digest[:12]}); "
+                  f"opening a new run")
 
     def first_tags() -> dict[str, str]:
         tags = {"git_commit": git_commit(paths), **{f"dvc.md5.{k}": v for k, v in dvc_out_hashes(paths).items()}}
+        if model_digest is not None:
+            tags[MODEL_TAG] = model_digest
         if prefect_flow_run_id():
             tags["prefect.flow_run_id"] = prefect_flow_run_id()
         return tags

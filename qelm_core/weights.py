@@ -4,6 +4,7 @@ pickle (or torch.save) payload is rejected as a bad header and never executed. E
 QelmError line naming the file and the fix (`fix`: which stage to re-run)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -24,6 +25,15 @@ def save_folder(folder: str | Path, model: torch.nn.Module, config: dict, fmt: s
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "qelm": fmt})
         atomic_write_json(tmp / CONFIG_FILE, {"format": fmt, **config})
     return Path(folder)
+
+
+def folder_digest(folder: str | Path) -> str:
+    """sha256 of a saved model's two files: the same weights and config give the same digest, so the
+    MLflow run that trained a model is found from the model itself (tracking.pipeline_run)."""
+    h = hashlib.sha256()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        h.update((Path(folder) / name).read_bytes())
+    return h.hexdigest()
 
 
 def read_folder(folder: str | Path, fmt: str, fix: str) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -58,6 +58,7 @@ def test_champion_is_registered_loads_and_predicts(tiny_repo, monkeypatch):
     import mlflow
 
     from qelm_core.predict import NextTokenPredictor
+    from qelm_core.weights import folder_digest
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tiny_repo / 'mlflow.db'}")
     registered = json.loads((tiny_repo / "metrics" / "register.json").read_text())
@@ -72,6 +73,8 @@ def test_champion_is_registered_loads_and_predicts(tiny_repo, monkeypatch):
     assert run.info.status == "FINISHED"
     assert {"ppl_student", "ppl_unigram", "ppl_teacher_test", "student_val_ppl"} <= set(run.data.metrics)
     assert run.data.tags["git_commit"] != "unknown" and "dvc.md5.data/prepared" in run.data.tags
+    # evaluate and register found this run from the model itself (its files carry no run id)
+    assert run.data.tags["qelm.model_digest"] == folder_digest(tiny_repo / "models" / "student")
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from qelm_core.io import atomic_write_json, atomic_write_text
 from qelm_core.plots import perplexity_bars
 from qelm_core.reports import model_card
 from qelm_core.student import load_student, noisy_subset
+from qelm_core.weights import folder_digest
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -71,7 +72,7 @@ def run(params: Params, paths: Paths) -> dict:
         bars["student noisy (subset)"] = m["ppl_student_noisy"]
     chart = perplexity_bars(paths.plots / "eval_perplexity.png", bars, f"Test perplexity, V={V}")
     card = model_card(params, m, cfg)
-    with tracking.pipeline_run(paths, params, run_id=cfg["run_id"], stage="evaluate"):
+    with tracking.pipeline_run(paths, params, "evaluate", folder_digest(paths.student)):
         tracking.log_metrics(m)
         tracking.set_tags({k: str(m[k]) for k in ("hw_backend",) if k in m})
         tracking.log_artifact(chart, "plots")

@@ -11,6 +11,7 @@ import json
 from qelm_core import tracking
 from qelm_core.config import Params, Paths
 from qelm_core.registry import gate_tags, register_challenger
+from qelm_core.weights import folder_digest
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -22,6 +23,6 @@ def run(params: Params, paths: Paths) -> dict:
                                          "ppl_teacher", "gap_recovered_student", "selected_seed")}
     # the gate compares this version's own test perplexity (the selected seed's), lower is better
     tags.update(gate_tags("ppl_test", "lower", m["ppl_student_selected"], m["test_data_hash"]))
-    with tracking.pipeline_run(paths, params, run_id=cfg["run_id"], stage="register") as run_id:
+    with tracking.pipeline_run(paths, params, "register", folder_digest(paths.student)) as run_id:
         uri = tracking.log_student_model(paths.student, cfg["vocab"]["size"], cfg["context"])
         return register_challenger(uri, name, {**tags, "run_id": run_id}, paths.metrics / "register.json")

@@ -17,6 +17,7 @@ from qelm_core.io import atomic_dir, atomic_write_json
 from qelm_core.plots import training_curve
 from qelm_core.progress import progress_bar
 from qelm_core.student import build_student, load_student
+from qelm_core.weights import folder_digest
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -41,7 +42,7 @@ def run(params: Params, paths: Paths) -> dict:
                                       f"{name}_s{seed}_train_loss": row["train_loss"]}, step=row["step"])
 
         with atomic_dir(paths.root / "models" / "seeds") as seeds_dir:
-            results = train_all(paths.root, params, jobs, seeds_dir, {"run_id": run_id}, train_workers(len(jobs)),
+            results = train_all(paths.root, params, jobs, seeds_dir, {}, train_workers(len(jobs)),
                                 bar, done)
             selected = {}
             for name in kinds:
@@ -52,6 +53,7 @@ def run(params: Params, paths: Paths) -> dict:
         for name, seed in selected.items():  # the selected seed, where register, predict and serving look
             with atomic_dir(paths.root / "models" / name) as tmp:
                 shutil.copytree(paths.root / "models" / "seeds" / f"{name}-s{seed}", tmp, dirs_exist_ok=True)
+        tracking.tag_run(run_id, {tracking.MODEL_TAG: folder_digest(paths.student)})  # how evaluate finds this run
         histories = {name: results[(name, seed)].history for name, seed in selected.items()}
         metrics["mlflow_run_id"] = run_id
         curve = training_curve(paths.plots / "train_curve.png", histories,

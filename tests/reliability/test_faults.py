@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 
+from qelm_core.weights import folder_digest
 from tests.conftest import command_env, run
 from tests.reliability.conftest import assert_refused, qelm, set_params, snapshot
 
@@ -181,8 +182,9 @@ def test_exception_in_a_stage_fails_its_run_and_records_nothing(repo_copy, tmp_p
     assert proc.returncode != 0, f"the injected fault did not fail the stage:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     assert "injected" in proc.stdout + proc.stderr
 
-    runs = runs_since(repo_copy, t0) if stage == "train" else [mlflow_client(repo_copy).get_run(
-        json.loads((repo_copy / "models" / "student" / "config.json").read_text())["run_id"])]
+    runs = runs_since(repo_copy, t0) if stage == "train" else mlflow_client(repo_copy).search_runs(
+        [mlflow_client(repo_copy).get_experiment_by_name("qelm").experiment_id],
+        f"tags.`qelm.model_digest` = '{folder_digest(repo_copy / 'models' / 'student')}'")
     assert [r.info.status for r in runs] == ["FAILED"], "the stage's MLflow run must end FAILED, not RUNNING"
     assert runs[0].data.tags["qelm.stage"] == stage
     assert lock_stages(repo_copy)[stage] == locked[stage], f"dvc.lock recorded the failed {stage}"

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from qelm_core.serving import free_port, http_process
+from qelm_core.weights import folder_digest
 from tests.reliability.fault_proxy import FaultProxy
 from tests.test_registry import save_tiny_student
 
@@ -196,10 +197,8 @@ def test_register_stage_never_promotes_when_the_champion_cannot_be_read(server, 
     paths, params = Paths(tmp_path), parse_params({"registry": {"model_name": name}})
     save_tiny_student(paths.student)
     point_at(monkeypatch, proxy.url)
-    with tracking.pipeline_run(paths, params, stage="train") as run_id:
-        pass
-    cfg = json.loads((paths.student / "config.json").read_text())
-    (paths.student / "config.json").write_text(json.dumps({**cfg, "run_id": run_id}))
+    with tracking.pipeline_run(paths, params, stage="train") as run_id:  # what train does: tag the model's digest
+        tracking.tag_run(run_id, {tracking.MODEL_TAG: folder_digest(paths.student)})
     paths.metrics.mkdir()
     keys = ("ppl_student", "ppl_student_sd", "ppl_classical", "ppl_unigram", "ppl_bigram", "ppl_teacher",
             "gap_recovered_student", "selected_seed")

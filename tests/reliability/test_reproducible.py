@@ -55,3 +55,15 @@ def test_forced_rerun_on_a_loaded_machine_gives_identical_metrics(repo_copy):
             proc.kill()
             proc.wait()
     assert differences(first, results(repo_copy)) == []
+
+
+def test_an_unchanged_retrain_writes_the_same_model_so_dvc_reuses_evaluate(repo_copy):
+    """No run ids or timestamps in cached outputs: the MLflow run is found from the model's digest."""
+    from qelm_core.weights import folder_digest
+
+    student = repo_copy / "models" / "student"
+    assert "run_id" not in json.loads((student / "config.json").read_text())
+    digest = folder_digest(student)
+    run(["dvc", "repro", "--force", "--single-item", "train"], repo_copy)
+    assert folder_digest(student) == digest
+    assert "up to date" in run(["dvc", "status", "evaluate", "register"], repo_copy).stdout
