@@ -22,7 +22,7 @@ def save_folder(folder: str | Path, model: torch.nn.Module, config: dict, fmt: s
 
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     with atomic_dir(folder) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "qelm": fmt})
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})  # one key: safetensors writes a multi-key header in random order (bytes would differ run to run)
         atomic_write_json(tmp / CONFIG_FILE, {"format": fmt, **config})
     return Path(folder)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from qelm_core.weights import folder_digest
 from tests.conftest import REPO, TINY_PARAMS, make_pipeline_repo, run
 from tests.reliability.test_faults import mlflow_client, start
 
@@ -59,7 +60,8 @@ def test_concurrent_flow_runs_with_different_params_stay_separate(project):
         assert (r.data.params["student.layers"], r.data.params["train.steps"]) == (layers, steps)
         run(["dvc", "exp", "apply", exp], repo)  # each experiment holds its own outputs
         student = json.loads((repo / "models" / "student" / "config.json").read_text())
-        assert student["layers"] == int(layers) and student["run_id"] == r.info.run_id
+        assert student["layers"] == int(layers) and "run_id" not in student  # the run is found by the model's digest
+        assert r.data.tags["qelm.model_digest"] == folder_digest(repo / "models" / "student")
         evaluated = json.loads((repo / "metrics" / "eval.json").read_text())
         assert r.data.metrics["ppl_student"] == pytest.approx(evaluated["ppl_student"])
         assert results[name]["metrics"]["ppl_student"] == pytest.approx(evaluated["ppl_student"])
