@@ -16,7 +16,7 @@ import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from qelm_core.config import ConfigError, Params, Paths, load_params
+from qelm_core.config import ConfigError, Params, Paths, load_params_dotted
 
 BOUNDS = {annotated_types.Ge: ("ge", ">="), annotated_types.Gt: ("gt", ">"), annotated_types.Le: ("le", "<="),
           annotated_types.Lt: ("lt", "<")}
@@ -70,23 +70,6 @@ class Overrides(_Settings):
         out = {KEYS[name]: value for name, value in self if name != "extra" and value is not None}
         return {**out, **self.extra}
 
-    def nested(self) -> dict:
-        return nest(self.dotted())
-
-
-def nest(dotted: dict[str, Any]) -> dict:
-    """{"student.layers": 4} -> {"student": {"layers": 4}} (what load_params merges)."""
-    out: dict = {}
-    for key, value in dotted.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {key}: {part} is a value, not a section")
-        node[leaf] = value
-    return out
-
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -109,15 +92,6 @@ def anchor(params: Params, project: Path) -> Params:
     return params.model_copy(update={"data": data, "teacher": teacher})
 
 
-def load_with(path: Path, dotted: dict[str, Any]) -> Params:
-    """params.yaml + overrides, validated; an override the config rejects is named as one."""
-    load_params(path)  # a broken params.yaml is reported as such, not as a bad override
-    try:
-        return load_params(path, nest(dotted))
-    except ConfigError as err:
-        raise ConfigError(f"override rejected: {err}") from None
-
-
 def preflight(params: Params, paths: Paths) -> None:
     """Fail in seconds on what would otherwise fail minutes later: device, gradient method, teacher, server."""
     from qelm_core import tracking
@@ -138,7 +112,7 @@ def resolve(overrides: Overrides, project_root: str | None = None, extra: dict[s
     project = Path(project_root).resolve() if project_root else Paths.here().root
     stage_names(project)  # no dvc.yaml: one line now
     dotted = {**overrides.dotted(), **(extra or {})}
-    params = load_with(project / "params.yaml", dotted)
+    params = load_params_dotted(project / "params.yaml", dotted)
     preflight(anchor(params, project), Paths(project))
     return RunConfig(project, params, dotted, tracking.tracking_uri(Paths(project)), label)
 

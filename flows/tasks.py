@@ -157,7 +157,7 @@ def sweep_report(grid, runs: list[RunConfig], train: dict[str, dict], evaluate: 
     """Comparison table + Pareto plot -> one MLflow run and a Prefect artifact; names the best quantum student."""
     from prefect.runtime import flow_run
 
-    from flows import report
+    from qelm_core import sweep_report as report
 
     points = {r.label: {"n_qubits": r.params.student.n_qubits, "layers": r.params.student.layers,
                         "alpha": r.params.train.alpha, "seed": r.params.seed} for r in runs}
@@ -166,9 +166,7 @@ def sweep_report(grid, runs: list[RunConfig], train: dict[str, dict], evaluate: 
     best = report.registered_winner(table, runs[0].params.student.n_qubits)  # the grid's first n_qubits
     project = Paths(runs[0].project)
     out = project.root / ".qelm" / "sweeps" / str(flow_run.id)
-    files = [report.pareto_plot(out / "pareto.png", summary), report.write_csv(out / "runs.csv", table),
-             report.write_csv(out / "summary.csv", summary)]
-    files += report.publish_pareto(project.plots, summary)
+    files = report.write_files(out, project.plots, table, summary)
     run_id = tracking.log_sweep(project, grid.model_dump(), table, summary, files,
                                 {k: best[k] for k in ("test_ppl", "val_ppl", "params", "n_qubits", "mlflow_run_id")})
     for mlflow_run in {r["mlflow_run_id"] for r in table if r["mlflow_run_id"]}:

@@ -161,6 +161,25 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
     return parse_params(_merge(read_params_file(path), overrides or {}), str(path))
 
 
+def load_params_dotted(path: Path, dotted: dict) -> Params:
+    """params.yaml + dotted overrides ({"student.layers": 4}: what `dvc exp run -S` and the Prefect form
+    give), validated; a broken file is reported as such, a value the config rejects as an override."""
+    load_params(path)
+    nested: dict = {}
+    for key, value in dotted.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {part} is a value, not a section")
+        node[leaf] = value
+    try:
+        return load_params(path, nested)
+    except ConfigError as err:
+        raise ConfigError(f"override rejected: {err}") from None
+
+
 def read_params_file(path: Path) -> dict:
     """A params YAML file as a mapping; a missing file, bad YAML or a non-mapping is one ConfigError line."""
     if not path.is_file():
@@ -195,6 +214,7 @@ class RootPaths:
     metrics = property(lambda s: s.root / "metrics")
     plots = property(lambda s: s.root / "plots")
     reports = property(lambda s: s.root / "reports")
+    dvc_lock = property(lambda s: s.root / "dvc.lock")  # its outputs' md5s tag the MLflow run
 
 
 @dataclass(frozen=True)

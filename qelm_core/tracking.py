@@ -79,7 +79,7 @@ def dvc_out_hashes(paths: Paths) -> dict[str, str]:
     """md5 of every stage output recorded in dvc.lock (what DVC itself uses to identify data)."""
     import yaml
 
-    lock = paths.root / "dvc.lock"
+    lock = paths.dvc_lock
     if not lock.is_file():
         return {}
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
@@ -106,23 +106,25 @@ MODEL_TAG = "qelm.model_digest"  # weights.folder_digest of the model a pipeline
 
 
 @contextmanager
-def pipeline_run(paths: Paths, params: Params, stage: str = "", model_digest: str | None = None) -> Iterator[str]:
-    """Open the pipeline's MLflow run (train: model_digest None), or re-open the run that trained the model
+def pipeline_run(paths, params, stage: str = "", model_digest: str | None = None,
+                 experiment: str = EXPERIMENT) -> Iterator[str]:
+    """Open a pipeline's MLflow run (train: model_digest None), or re-open the run that trained the model
     with `model_digest` (evaluate, register). The link lives in MLflow, not in the model files, so an
     unchanged retrain writes the same bytes and DVC recognises it. Only "no run has that tag" opens a
-    new run (a fresh MLflow store beside restored models); an exception marks the run FAILED."""
+    new run (a fresh MLflow store beside restored models); an exception marks the run FAILED.
+    Both pipelines: `paths` a Paths or ClassifyPaths (its dvc_lock), `experiment` qelm or qelm-classify."""
     configure(paths)
     run_id = None
     if model_digest is not None:
         import mlflow
 
-        mlflow.set_experiment(EXPERIMENT)
-        found = mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string=f"tags.`{MODEL_TAG}` = '{model_digest}'",
+        mlflow.set_experiment(experiment)
+        found = mlflow.search_runs(experiment_names=[experiment], filter_string=f"tags.`{MODEL_TAG}` = '{model_digest}'",
                                    order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
         if found:
             run_id = found[0].info.run_id
         else:
-            print(f"{stage}: no MLflow run in {EXPERIMENT} trained this model ({MODEL_TAG} {model_digest[:12]}); "
+            print(f"{stage}: no MLflow run in {experiment} trained this model ({MODEL_TAG} {model_digest[:12]}); "
                   f"opening a new run")
 
     def first_tags() -> dict[str, str]:
@@ -133,7 +135,7 @@ def pipeline_run(paths: Paths, params: Params, stage: str = "", model_digest: st
             tags["prefect.flow_run_id"] = prefect_flow_run_id()
         return tags
 
-    with _owned_run(EXPERIMENT, params, run_id, stage, first_tags) as opened:
+    with _owned_run(experiment, params, run_id, stage, first_tags) as opened:
         yield opened
 
 
@@ -360,27 +362,6 @@ def log_bench(paths: Paths, params: dict[str, str], metrics: dict, files: list[P
 # ------------------------------------------------------------------ text classification (qelm_core/classify)
 
 CLASSIFY_EXPERIMENT = "qelm-classify"
-
-
-@contextmanager
-def classify_run(paths, params, run_id: str | None = None, stage: str = "") -> Iterator[str]:
-    """Open (run_id None) or re-open the classify pipeline's MLflow run (experiment `qelm-classify`).
-
-    `paths` is a ClassifyPaths (its .root holds mlflow.db), `params` a ClassifyParams."""
-    import yaml
-
-    configure(paths)
-
-    def first_tags() -> dict[str, str]:
-        tags = {"git_commit": git_commit(paths), "qelm.kind": "classify"}
-        lock = paths.root / "classify" / "dvc.lock"
-        if lock.is_file():
-            stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-            tags.update({f"dvc.md5.{o['path']}": o.get("md5", "") for s in stages.values() for o in s.get("outs", [])})
-        return tags
-
-    with _owned_run(CLASSIFY_EXPERIMENT, params, run_id, stage, first_tags) as opened:
-        yield opened
 
 
 def log_classifier_model(artifacts: dict[str, Path], metadata: dict) -> str:

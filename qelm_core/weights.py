@@ -36,6 +36,14 @@ def folder_digest(folder: str | Path) -> str:
     return h.hexdigest()
 
 
+def tree_digest(root: str | Path) -> str:
+    """sha256 over every saved model folder below `root`, by relative path (the classifiers' models/)."""
+    h = hashlib.sha256()
+    for config in sorted(Path(root).rglob(CONFIG_FILE)):
+        h.update(f"{config.parent.relative_to(root)}\0{folder_digest(config.parent)}\n".encode())
+    return h.hexdigest()
+
+
 def read_folder(folder: str | Path, fmt: str, fix: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """-> (config, tensors) of a folder written by save_folder with format `fmt`."""
     from safetensors import SafetensorError

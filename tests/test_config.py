@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from qelm_core.config import ConfigError, load_params, parse_params
+from qelm_core.config import ConfigError, load_params, load_params_dotted, parse_params
 from tests.conftest import REPO, write_params
 
 
@@ -41,6 +41,22 @@ def test_overrides_merge_and_validate(tmp_path):
     assert (params.student.n_qubits, params.student.layers) == (4, 5)
     with pytest.raises(ConfigError, match="student.layers"):
         load_params(path, {"student": {"layers": 0}})
+
+
+def test_dotted_overrides_are_named_as_overrides(tmp_path):
+    """What the Prefect form and `dvc exp run -S` give: dotted keys; a rejected value is called an override,
+    a broken params.yaml is reported as the file's fault, a key below a value says so."""
+    path = write_params(tmp_path, {"student": {"n_qubits": 4, "layers": 2}})
+    params = load_params_dotted(path, {"student.layers": 5, "train.alpha": 0.0})
+    assert (params.student.n_qubits, params.student.layers, params.train.alpha) == (4, 5, 0.0)
+    with pytest.raises(ConfigError, match=r"^override rejected: .*student.layers"):
+        load_params_dotted(path, {"student.layers": 0})
+    with pytest.raises(ConfigError, match="override student.layers.x: layers is a value, not a section"):
+        load_params_dotted(path, {"student.layers": 5, "student.layers.x": 1})
+    path.write_text("student: [")
+    with pytest.raises(ConfigError, match="not valid YAML") as err:
+        load_params_dotted(path, {"student.layers": 5})
+    assert not str(err.value).startswith("override")
 
 
 def test_cli_exits_nonzero_with_one_line(tmp_path):

@@ -1,11 +1,11 @@
-"""flows/report.py: the sweep's pure functions (winners, summary markdown)."""
+"""qelm_core/sweep_report.py: the sweep's pure functions (winners, summary markdown)."""
 import pytest
 
 
 def test_sweep_winner_is_chosen_within_one_vocabulary():
     """Perplexities over V = 16 and V = 64 are not comparable: the V = 16 point's lower figure must not win
     the V = 64 registration (the old rule took the lowest validation perplexity over all points)."""
-    from flows import report
+    from qelm_core import sweep_report as report
 
     def row(label, n, val):
         return {"label": label, "n_qubits": n, "layers": 2, "alpha": 0.5, "seed": 0, "model": "student", "kind": "quantum",
@@ -26,7 +26,7 @@ def test_sweep_winner_is_chosen_within_one_vocabulary():
 def test_sweep_rows_read_the_same_metric_names_as_the_stages():
     """train and evaluate both name their models student / classical: rows() reads them untranslated, and a
     classical student (student.kind: classical) stays apart from its classical twin in the summary."""
-    from flows import report
+    from qelm_core import sweep_report as report
 
     train = {"p": {"student_params_total": 100, "student_val_ppl": 5.0, "classical_params_total": 90, "classical_val_ppl": 4.0}}
     evaluate = {"p": {"ppl_student": 5.5, "ppl_classical": 4.5, "student_kind": "classical", "ppl_unigram": 9.0,

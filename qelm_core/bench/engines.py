@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import math
 import statistics
-import time
 from typing import Callable
 
 import torch
@@ -46,10 +45,12 @@ def make_step(engine: str, n: int, context: int, layers: int, batch: int, torch_
 
 
 def _timed(step: Callable[[], None], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        step()
-    return (time.perf_counter() - start) / calls
+    """Seconds per call over `calls` calls: torch.utils.benchmark's Timer (CUDA-synchronised), at this
+    process's torch thread count (the Timer's own default would be 1 thread)."""
+    from torch.utils import benchmark
+
+    timer = benchmark.Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
+    return timer.timeit(calls).mean
 
 
 def _scaled(engine: str, n: int, batch: int, done: list[dict]) -> tuple[float, float, str] | None:

@@ -141,6 +141,7 @@ class ClassifyPaths(RootPaths):
     """The classify pipeline's folders (classify/dvc.yaml); metrics, plots and reports: RootPaths."""
 
     base = property(lambda s: s.root / "classify")
+    dvc_lock = property(lambda s: s.base / "dvc.lock")
     prepared = property(lambda s: s.base / "data" / "prepared")
     features = property(lambda s: s.base / "data" / "features")
     teacher = property(lambda s: s.base / "data" / "teacher")

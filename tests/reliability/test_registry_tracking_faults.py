@@ -219,6 +219,7 @@ def test_classify_register_never_makes_champion_on_a_server_error(server, proxy,
     from qelm_core import tracking
     from qelm_core.classify.config import ClassifyPaths, parse_classify_params
     from qelm_core.classify.stages import register
+    from qelm_core.weights import tree_digest
 
     name = "faults-classifier-gate"
     seed_champion(monkeypatch, server, logged_model, name)
@@ -226,10 +227,13 @@ def test_classify_register_never_makes_champion_on_a_server_error(server, proxy,
     params = parse_classify_params({"datasets": {"sentiment": {"source": "vader_movies"}}, "seeds": [0],
                                     "registry": {"model_name": name}})
     point_at(monkeypatch, proxy.url)
-    with tracking.classify_run(paths, params, stage="classify-train") as run_id:
-        pass
+    model_dir = paths.model_dir("sentiment", 0, "quantum")
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text("{}")
+    (model_dir / "model.safetensors").write_bytes(b"")
+    with tracking.pipeline_run(paths, params, "classify-train", experiment=tracking.CLASSIFY_EXPERIMENT) as run_id:
+        tracking.tag_run(run_id, {tracking.MODEL_TAG: tree_digest(paths.models)})  # how register finds it
     paths.metrics.mkdir()
-    (paths.metrics / "classify_train.json").write_text(json.dumps({"mlflow_run_id": run_id}))
     acc = {"accuracy_mean": 0.5}
     (paths.metrics / "classify_eval.json").write_text(json.dumps(
         {"datasets": {"sentiment": {"summary": {"quantum_exact": acc, "mlp": acc, "teacher": acc}}}}))
@@ -238,9 +242,6 @@ def test_classify_register_never_makes_champion_on_a_server_error(server, proxy,
         {"sentiment": [{"seed": 0, "quantum_exact": {"accuracy": 0.5}}]}))
     (paths.prepared / "sentiment").mkdir(parents=True)
     (paths.prepared / "sentiment" / "test.jsonl").write_text('{"text": "fine", "label": 1}\n')
-    model_dir = paths.model_dir("sentiment", 0, "quantum")
-    model_dir.mkdir(parents=True)
-    (model_dir / "config.json").write_text("{}")
     proxy.fail("GET", "/mlflow/registered-models/alias", "alias=champion", times=1)  # one blip
 
     err = outcome(lambda: register.run(params, paths))
@@ -268,7 +269,7 @@ def dead_pid() -> int:
 
 
 def open_run(kind: str, tmp_path: Path):
-    """The run context of `kind` (what a stage opens): pipeline_run (experiment qelm) or classify_run."""
+    """The run context a stage of pipeline `kind` opens (experiment qelm or qelm-classify)."""
     from qelm_core import tracking
     from qelm_core.classify.config import ClassifyPaths, parse_classify_params
     from qelm_core.config import Paths, parse_params
@@ -276,7 +277,7 @@ def open_run(kind: str, tmp_path: Path):
     if kind == "qelm":
         return tracking.pipeline_run(Paths(tmp_path), parse_params({}), stage="train")
     params = parse_classify_params({"datasets": {"sentiment": {"source": "vader_movies"}}, "seeds": [0]})
-    return tracking.classify_run(ClassifyPaths(tmp_path), params, stage="classify-train")
+    return tracking.pipeline_run(ClassifyPaths(tmp_path), params, "classify-train", experiment=tracking.CLASSIFY_EXPERIMENT)
 
 
 needs_proc = pytest.mark.skipif(not Path("/proc/self/ns/pid").exists(), reason="needs Linux /proc")

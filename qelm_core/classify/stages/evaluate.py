@@ -9,6 +9,7 @@ from qelm_core.classify.config import ClassifyParams, ClassifyPaths
 from qelm_core.classify.evaluate import evaluate_dataset, results_table
 from qelm_core.plots import accuracy_bars
 from qelm_core.io import atomic_write_json, atomic_write_text
+from qelm_core.weights import tree_digest
 
 
 def run(params: ClassifyParams, paths: ClassifyPaths) -> dict:
@@ -30,7 +31,7 @@ def run(params: ClassifyParams, paths: ClassifyPaths) -> dict:
     chart = accuracy_bars(paths.plots / "classify_accuracy.png", result)
     atomic_write_text(paths.reports / "classify_results.md", table)
     atomic_write_json(paths.reports / "classify_per_seed.json", per_seed)
-    with tracking.classify_run(paths, params, run_id=train_metrics["mlflow_run_id"], stage="classify-evaluate"):
+    with tracking.pipeline_run(paths, params, "classify-evaluate", tree_digest(paths.models), tracking.CLASSIFY_EXPERIMENT):
         for name, ds in result["datasets"].items():
             for key, s in ds["summary"].items():
                 tracking.log_metrics(s, prefix=f"{name}.{key}.")

@@ -11,6 +11,7 @@ import json
 from qelm_core import tracking
 from qelm_core.classify.config import ClassifyParams, ClassifyPaths
 from qelm_core.registry import gate_tags, register_challenger
+from qelm_core.weights import tree_digest
 
 
 def test_data_hash(paths: ClassifyPaths, datasets: list[str]) -> str:
@@ -26,7 +27,6 @@ def run(params: ClassifyParams, paths: ClassifyPaths) -> dict:
     name, seed = params.registry.model_name, params.seeds[0]
     evaluation = json.loads((paths.metrics / "classify_eval.json").read_text())
     per_seed = json.loads((paths.reports / "classify_per_seed.json").read_text())
-    run_id = json.loads((paths.metrics / "classify_train.json").read_text())["mlflow_run_id"]
     artifacts = {ds: paths.model_dir(ds, seed, "quantum") for ds in params.datasets}
     own = [next(r for r in per_seed[ds] if r["seed"] == seed)["quantum_exact"]["accuracy"] for ds in params.datasets]
     tags = {"seed": str(seed), "features": params.student.features,
@@ -36,6 +36,7 @@ def run(params: ClassifyParams, paths: ClassifyPaths) -> dict:
         tags.update({f"{ds}.accuracy_quantum": f"{s['quantum_exact']['accuracy_mean']:.4f}",
                      f"{ds}.accuracy_mlp": f"{s['mlp']['accuracy_mean']:.4f}",
                      f"{ds}.accuracy_teacher": f"{s['teacher']['accuracy_mean']:.4f}"})
-    with tracking.classify_run(paths, params, run_id=run_id, stage="classify-register"):
+    with tracking.pipeline_run(paths, params, "classify-register", tree_digest(paths.models),
+                               tracking.CLASSIFY_EXPERIMENT) as run_id:
         uri = tracking.log_classifier_model(artifacts, {"datasets": list(params.datasets), "seed": seed})
         return register_challenger(uri, name, {**tags, "run_id": run_id}, paths.metrics / "classify_register.json")

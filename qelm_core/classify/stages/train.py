@@ -8,12 +8,14 @@ from qelm_core.classify.models import KINDS, build_model, param_counts, save_mod
 from qelm_core.classify.teacher import standardiser
 from qelm_core.classify.train import fit, student_inputs
 from qelm_core.io import atomic_dir, atomic_write_json
+from qelm_core.weights import tree_digest
 
 
 def run(params: ClassifyParams, paths: ClassifyPaths) -> dict:
     tracking.configure(paths)  # fail fast on an unreachable tracking server, before any training
     metrics: dict = {}
-    with tracking.classify_run(paths, params, stage="classify-train") as run_id, atomic_dir(paths.models) as tmp:
+    run = tracking.pipeline_run(paths, params, "classify-train", experiment=tracking.CLASSIFY_EXPERIMENT)
+    with run as run_id, atomic_dir(paths.models) as tmp:
         for name in params.datasets:
             prep, data = student_inputs(params, paths, name)
             mean, std = standardiser(data["train"].x.numpy())
@@ -29,8 +31,7 @@ def run(params: ClassifyParams, paths: ClassifyPaths) -> dict:
                     folder = tmp / name / f"seed{seed}" / kind
                     save_model(model, folder, {"dataset": name, "seed": seed, "labels": prep.labels,
                                                "features": params.student.features,
-                                               "feature_settings": params.features.model_dump(),
-                                               "train_seconds": result.seconds, "run_id": run_id})
+                                               "feature_settings": params.features.model_dump()})
                     metrics.setdefault(name, {}).setdefault(kind, {})[f"seed{seed}"] = {
                         "seconds": round(result.seconds, 2), "epochs": result.epochs, "best_epoch": result.best_epoch,
                         "val_accuracy": result.best_val_accuracy, **{f"params_{k}": v for k, v in param_counts(model).items()},
@@ -38,5 +39,7 @@ def run(params: ClassifyParams, paths: ClassifyPaths) -> dict:
                     tracking.log_metrics({f"{tag}.best_val_accuracy": result.best_val_accuracy,
                                           f"{tag}.train_seconds": result.seconds})
         metrics["mlflow_run_id"] = run_id
+        # how evaluate and register find this run: the models' digest, not a run id inside them
+        tracking.tag_run(run_id, {tracking.MODEL_TAG: tree_digest(tmp)})
     atomic_write_json(paths.metrics / "classify_train.json", metrics)
     return metrics

@@ -1,4 +1,5 @@
-"""Sweep results: per-run rows, per-configuration summary over seeds, the best student, a Pareto plot.
+"""The sweep report (the qelm-sweep flow writes it; apart from reports.py so that the evaluate stage does
+not depend on it). Per-run rows, per-configuration summary over seeds, the best student, a Pareto plot.
 
 Pure functions over the stages' own metrics (train: parameter counts and validation perplexity;
 evaluate: test perplexity and the baselines). The best quantum student is chosen on *validation*
@@ -86,6 +87,13 @@ def publish_pareto(plots: Path, summary: list[dict]) -> list[Path]:
         if rows:
             files.append(write_csv(plots / f"pareto_{kind}.csv", rows))
     return files
+
+
+def write_files(out: Path, plots: Path, table: list[dict], summary: list[dict]) -> list[Path]:
+    """The sweep's own files under `out` (Pareto plot, runs.csv, summary.csv) and the project's Pareto figure."""
+    files = [pareto_plot(out / "pareto.png", summary, BASELINES), write_csv(out / "runs.csv", table),
+             write_csv(out / "summary.csv", summary)]
+    return files + publish_pareto(plots, summary)
 
 
 def markdown(summary: list[dict], table: list[dict], registered: dict, url: str) -> str:
