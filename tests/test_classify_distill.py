@@ -67,3 +67,48 @@ def test_teacher_head_fits_a_linear_problem_and_prefers_more_l2_on_ties():
     head, scores = fit_teacher_head(x, y, data["val"].x.numpy(), data["val"].y.numpy(), 2, [1e-4, 1e-2], 100)
     assert set(scores) == {1e-4, 1e-2} and head.l2 == max(scores, key=lambda k: (scores[k], k))
     assert float((head.logits(data["test"].x.numpy()).argmax(1) == data["test"].y.numpy()).mean()) > 0.9
+
+
+@pytest.mark.parametrize("kill_epoch", [3, 5])  # 3: the best epoch is still ahead; 5: it may be behind (on disk)
+def test_killed_fit_resumes_to_the_same_weights(tmp_path, kill_epoch):
+    """The classifier's loop checkpoints every epoch in the LM loop's format: killed after epoch k and
+    rerun with the same key, it continues at k + 1 and ends with the weights of an uninterrupted fit;
+    a checkpoint under another key is ignored."""
+    from qelm_core.classify.train import fit_key
+    from qelm_core.distill import checkpoint_state
+
+    data = _fixed_split()
+    mean, std = standardiser(data["train"].x.numpy())
+    sp, tp = StudentParams(n_qubits=4, layers=2), TrainParams(alpha=0.5, temperature=2.0, lr=0.05, epochs=6, batch_size=32)
+    key = fit_key({"kind": "quantum", "seed": 0}, data["train"], data["val"])
+    assert key != fit_key({"kind": "quantum", "seed": 1}, data["train"], data["val"])
+
+    def model():
+        return build_model("quantum", 8, 2, sp, mean, std, seed=0)
+
+    reference = model()
+    expected = fit(reference, data["train"], data["val"], tp, seed=0)
+
+    class Killed(Exception):
+        pass
+
+    def kill(row):
+        if row["epoch"] == kill_epoch + 1:
+            raise Killed  # after epoch k's checkpoint, before epoch k + 1's
+    path = tmp_path / "fit.safetensors"
+    with pytest.raises(Killed):
+        fit(model(), data["train"], data["val"], tp, seed=0, on_epoch=kill, checkpoint=path, key=key)
+    assert checkpoint_state(path)["epoch"] == kill_epoch
+    resumed = model()
+    seen = []
+    result = fit(resumed, data["train"], data["val"], tp, seed=0, on_epoch=lambda r: seen.append(r["epoch"]),
+                 checkpoint=path, key=key)
+    assert seen == list(range(kill_epoch + 1, 7)) and result.epochs == expected.epochs == 6
+    assert (result.best_epoch, result.best_val_accuracy) == (expected.best_epoch, expected.best_val_accuracy)
+    for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+    other = []  # another fit's checkpoint: trained from scratch
+    fit(model(), data["train"], data["val"], tp, seed=0, on_epoch=lambda r: other.append(r["epoch"]),
+        checkpoint=path, key="another")
+    assert other == list(range(1, 7))

@@ -147,6 +147,7 @@ class ClassifyPaths(RootPaths):
     teacher = property(lambda s: s.base / "data" / "teacher")
     cache = property(lambda s: s.base / "data" / ".cache")  # feature shards: resumable, outside DVC outs
     models = property(lambda s: s.base / "models")
+    checkpoints = property(lambda s: s.base / "checkpoints")  # resumable fits, outside DVC outs
 
     def model_dir(self, dataset: str, seed: int, kind: str) -> Path:
         return self.models / dataset / f"seed{seed}" / kind

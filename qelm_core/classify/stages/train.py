@@ -1,12 +1,13 @@
 """Stage classify-train: per dataset and seed, the quantum student, the MLP and logistic regression,
-trained with the same loss, data, optimiser and epochs; the best-validation weights are saved."""
+trained with the same loss, data, optimiser and epochs; the best-validation weights are saved. Each fit
+checkpoints every epoch under classify/checkpoints: killed and rerun, the stage resumes where it was."""
 from __future__ import annotations
 
 from qelm_core import tracking
 from qelm_core.classify.config import ClassifyParams, ClassifyPaths
 from qelm_core.classify.models import KINDS, build_model, param_counts, save_model
 from qelm_core.classify.teacher import standardiser
-from qelm_core.classify.train import fit, student_inputs
+from qelm_core.classify.train import fit, fit_key, student_inputs
 from qelm_core.io import atomic_dir, atomic_write_json
 from qelm_core.weights import tree_digest
 
@@ -24,10 +25,13 @@ def run(params: ClassifyParams, paths: ClassifyPaths) -> dict:
                 for kind in KINDS:
                     model = build_model(kind, d, prep.n_classes, params.student, mean, std, seed)
                     tag = f"{name}.{kind}.s{seed}"
+                    key = fit_key({"dataset": name, "kind": kind, "seed": seed, "student": params.student.model_dump(),
+                                   "train": params.train.model_dump()}, data["train"], data["val"])
                     result = fit(model, data["train"], data["val"], params.train, seed,
                                  on_epoch=lambda row, t=tag: tracking.log_metrics(
                                      {f"{t}.val_accuracy": row["val_accuracy"], f"{t}.train_loss": row["train_loss"]},
-                                     step=row["epoch"]))
+                                     step=row["epoch"]),
+                                 checkpoint=paths.checkpoints / f"{tag}.safetensors", key=key)  # a rerun resumes
                     folder = tmp / name / f"seed{seed}" / kind
                     save_model(model, folder, {"dataset": name, "seed": seed, "labels": prep.labels,
                                                "features": params.student.features,
