@@ -31,6 +31,8 @@ SETTINGS = {
     "context": ("student.context", "previous tokens the student sees"),
     "layers": ("student.layers", "trainable layers after each encoded token"),
     "reupload_every": ("student.reupload_every", "the token again before every k-th layer (0 = once)"),
+    "entangler": ("student.entangler", "ring of each layer: cphase (trainable phases), cz or cnot"),
+    "ancillas": ("student.ancillas", "extra wires without data, post-selected on 0"),
     "encoding": ("student.encoding", "embedding = trainable angles, bits = none"),
     "engine": ("student.engine", "fused = qelm's statevector code (default.qubit only)"),
     "device_name": ("device.name", "where the circuits run"),

@@ -6,7 +6,8 @@ else in the package hard-codes the gate structure.
 
 Inputs
     angles  (..., context, n)          float; encoded tokens, slot 0 = oldest. Leading dims broadcast.
-    weights (context, layers, n, 3)    float; trainable rotation angles (a, b, c) per qubit.
+    weights (context, layers, n, 3)    float; trainable rotation angles (a, b, c) per qubit;
+            (context, layers, n, 4)    with entangler "cphase": [..., 3] is the phase of the ring pair (q, q+1).
 
 State: n wires, starts in |0...0>. Ops are applied in list order; each op is a tuple:
 
@@ -14,7 +15,10 @@ State: n wires, starts in |0...0>. Ops are applied in list order; each op is a t
     ("rot", q, s, l)        U(a, b, c) = RY(c) @ RZ(b) @ RY(a) on wire q,        (a applied first)
                             with (a, b, c) = weights[s, l, q, :]
     ("cnot", c, t)          CNOT, control c, target t
+    ("h", q)                Hadamard on wire q (fixed: prepares an ancilla in |+>)
     ("cz", a, b)            CZ on wires a, b (diagonal: flips the sign of |..1..1..>; symmetric)
+    ("cphase", a, b, s, l)  ControlledPhaseShift(weights[s, l, a, 3]) on wires a, b: diag(1, 1, 1, e^{i phi});
+                            phi = pi is CZ (diagonal too, so it also keeps the assignment's order)
 
     RY(t) = [[cos t/2, -sin t/2], [sin t/2, cos t/2]]      RZ(t) = diag(e^{-it/2}, e^{+it/2})
 
@@ -31,6 +35,10 @@ basis state), entangles as much, and leaves that order in place (issue 16: 23.7 
 Output: probabilities of all 2^n basis states (`qml.probs(wires=range(n))`), where basis index
 i = sum_q bit_q * 2^(n-1-q), i.e. wire 0 is the most significant bit (PennyLane's convention).
 
+Entangler "cphase": the ring's phases are trainable (n per layer, initialised at pi, i.e. CZ), and the
+ring comes BEFORE the layer's rotations: a diagonal ring right before the measurement cannot change
+|psi|^2, so in the "rot, ring" order the last ring's phases would never get a gradient.
+
 Why Y-Z-Y rather than qml.Rot (= RZ RY RZ): the ring after the last rotation only permutes basis
 states (CNOT) or changes their signs (CZ), so a final RZ there changes phases only and `probs` cannot see it: with qml.Rot the last
 layer's third angle has zero gradient forever (and with `bits` encoding so does the first RZ, which
@@ -40,6 +48,7 @@ no dead parameter; tests/test_circuits.py checks every gradient entry is non-zer
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,21 +64,26 @@ class CircuitSpec:
     layers: int
     ops: tuple  # tuple of op tuples, see the module docstring
     entangler: str = "cz"
+    ancillas: int = 0  # the last wires: no data, measured and post-selected on |0> by the student
+
+    @property
+    def data_wires(self) -> int:
+        return self.n_qubits - self.ancillas
 
     @property
     def angle_shape(self) -> tuple[int, int]:
-        return (self.context, self.n_qubits)
+        return (self.context, self.data_wires)
 
     @property
     def weight_shape(self) -> tuple[int, int, int, int]:
-        return (self.context, self.layers, self.n_qubits, 3)
+        return (self.context, self.layers, self.n_qubits, 4 if self.entangler == "cphase" else 3)
 
     @property
     def n_weights(self) -> int:
-        return self.context * self.layers * self.n_qubits * 3
+        return math.prod(self.weight_shape)
 
 
-ENTANGLERS = ("cz", "cnot")
+ENTANGLERS = ("cz", "cnot", "cphase")
 
 
 def ring(n: int) -> list[tuple[int, int]]:
@@ -81,24 +95,34 @@ def ring(n: int) -> list[tuple[int, int]]:
     return [(q, (q + 1) % n) for q in range(n)]
 
 
-def ansatz(n_qubits: int, context: int, layers: int, entangler: str = "cz", reupload_every: int = 0) -> CircuitSpec:
-    """reupload_every = k > 0: the slot's token is encoded again before layers k, 2k, ... (0: once)."""
+def ansatz(n_qubits: int, context: int, layers: int, entangler: str = "cz", reupload_every: int = 0,
+           ancillas: int = 0) -> CircuitSpec:
+    """reupload_every = k > 0: the slot's token is encoded again before layers k, 2k, ... (0: once).
+    ancillas = a: a more wires after the n data wires (rotations and ring, no data); spec.n_qubits = n + a."""
     if entangler not in ENTANGLERS:
         raise ValueError(f"entangler must be one of {ENTANGLERS}, got {entangler!r}")
     if reupload_every < 0:
         raise ValueError(f"reupload_every must be >= 0, got {reupload_every}")
-    ops: list[tuple] = []
+    if ancillas < 0:
+        raise ValueError(f"ancillas must be >= 0, got {ancillas}")
+    data, n_qubits = n_qubits, n_qubits + ancillas
+    if entangler == "cphase" and n_qubits < 3:  # below 3 wires the ring has fewer pairs than phases
+        raise ValueError(f"entangler cphase needs n_qubits >= 3, got {n_qubits}")
+    ops: list[tuple] = [("h", q) for q in range(data, n_qubits)]  # ancillas start in |+>: every phase acts
     for s in range(context):
         for l in range(layers):
             if l == 0 or (reupload_every and l % reupload_every == 0):
-                ops += [("data_ry", q, s) for q in range(n_qubits)]
+                ops += [("data_ry", q, s) for q in range(data)]
+            if entangler == "cphase":  # ring first: every phase is followed by a rotation
+                ops += [("cphase", a, b, s, l) for a, b in ring(n_qubits)]
             ops += [("rot", q, s, l) for q in range(n_qubits)]
-            ops += [(entangler, a, b) for a, b in ring(n_qubits)]
-    return CircuitSpec(n_qubits, context, layers, tuple(ops), entangler)
+            if entangler != "cphase":
+                ops += [(entangler, a, b) for a, b in ring(n_qubits)]
+    return CircuitSpec(n_qubits, context, layers, tuple(ops), entangler, ancillas)
 
 
 def rot_matrices(weights: torch.Tensor) -> torch.Tensor:
-    """(..., 3) angles (a, b, c) -> (..., 2, 2) complex128 matrices RY(c) @ RZ(b) @ RY(a)."""
+    """(..., 3+) angles (a, b, c, ...) -> (..., 2, 2) complex128 matrices RY(c) @ RZ(b) @ RY(a)."""
     w = weights.to(torch.float64)
     a, b, c = w[..., 0], w[..., 1], w[..., 2]
 
@@ -134,6 +158,11 @@ def apply_ops(spec: CircuitSpec, angles, weights, mats=None) -> None:
             qml.CNOT(wires=[op[1], op[2]])
         elif kind == "cz":
             qml.CZ(wires=[op[1], op[2]])
+        elif kind == "h":
+            qml.Hadamard(wires=op[1])
+        elif kind == "cphase":
+            _, a, b, s, l = op
+            qml.ControlledPhaseShift(weights[s, l, a, 3], wires=[a, b])
         else:
             raise ValueError(f"unknown op {op!r}")
 

@@ -71,12 +71,21 @@ class StudentParams(Strict):
     context: int = Field(2, ge=1)
     layers: int = Field(6, ge=1)  # trainable layers after each encoded token
     reupload_every: int = Field(0, ge=0)  # the token's angles again before every k-th layer (0 = once)
+    ancillas: int = Field(0, ge=0, le=4)  # extra wires without data, post-selected on |0> (circuits.py)
     encoding: Literal["embedding", "bits"] = "embedding"
     log_bias: bool = True  # classical V-vector added to the circuit's log-probs (counted as classical)
     assignment: Literal["hamming", "random", "meaning"] = "meaning"  # vocab -> basis states (basis.py)
-    entangler: Literal["cz", "cnot"] = "cz"  # the ring after every trainable layer (circuits.py)
+    entangler: Literal["cz", "cnot", "cphase"] = "cz"  # the ring of every trainable layer (circuits.py)
     engine: Literal["pennylane", "fused"] = "fused"  # fused: own statevector code (qelm_core/fused.py)
     classical_dim: int = Field(0, ge=0)  # 0 = sized to the quantum student's parameter count
+
+    @model_validator(mode="after")
+    def _ring_phases(self):
+        if self.entangler == "cphase" and self.n_qubits < 3:
+            raise ValueError("entangler cphase needs n_qubits >= 3 (a ring with a pair per qubit); use cz")
+        if self.entangler == "cphase" and self.encoding == "bits":  # its first ring would act on a basis state
+            raise ValueError("entangler cphase needs encoding: embedding (with bits the first ring's phases do nothing)")
+        return self
 
 
 DeviceName = Literal["default.qubit", "lightning.qubit", "lightning.gpu", "qiskit.aer", "qiskit.remote"]

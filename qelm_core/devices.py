@@ -97,7 +97,7 @@ def make_device(device_params: DeviceParams, n_wires: int, shots: int | None = N
     if backend.num_qubits < n_wires:
         raise QelmError(
             f"device.backend: {device_params.backend} has {backend.num_qubits} qubits but the student needs {n_wires} "
-            "(student.n_qubits); pick a larger backend or fewer qubits"
+            "(student.n_qubits + student.ancillas); pick a larger backend or fewer qubits"
         )
     kwargs = {}
     if seed is not None:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from qelm_core.config import TrainParams
-from qelm_core.io import atomic_write_bytes, atomic_write_text
+from qelm_core.io import atomic_write_bytes, atomic_write_text, code_digest
 
 
 def kd_loss(student_logp: torch.Tensor, teacher_p: torch.Tensor, targets: torch.Tensor,
@@ -71,14 +71,13 @@ def batch_indices(seed: int, step: int, n: int, size: int) -> torch.Tensor:
     return torch.randint(0, n, (size,), generator=gen)
 
 
-# The code a checkpoint's numbers depend on: after an edit here, a finished checkpoint is not "resumed"
-# (which would silently skip the retraining `dvc repro` asked for).
-TRAINING_CODE = ("distill.py", "student.py", "circuits.py", "fused.py")
-
-
 def run_key(config: dict) -> str:
-    """Checkpoints are only resumed by the run they belong to (same params, same data, same code)."""
-    code = {name: hashlib.sha256((Path(__file__).parent / name).read_bytes()).hexdigest() for name in TRAINING_CODE}
+    """Checkpoints are only resumed by the run they belong to (same params, same data, same code: after an
+    edit of the training code a finished checkpoint is not "resumed", which would skip the retraining
+    `dvc repro` asked for)."""
+    from qelm_core import circuits, fused, student
+
+    code = code_digest(sys.modules[__name__], student, circuits, fused)
     return hashlib.sha256(json.dumps({**config, "code": code}, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -248,10 +247,12 @@ def eval_line(name: str, seed: int, steps: int, progress=None) -> Callable[[dict
     return show
 
 
-def train_workers(n_jobs: int) -> int:
-    """Training processes: $QELM_TRAIN_WORKERS, else one per core of this process (threads.cores) up to
-    the number of jobs. Small students run best on one thread each: on 2 cores, 2 workers x 1 thread beat
-    1 x 2 threads."""
+def train_workers(n_jobs: int, seeds: int = 1) -> int:
+    """Training processes: $QELM_TRAIN_WORKERS, else one per core of this process (threads.cores), or one
+    per seed where there are more seeds than cores, up to the number of jobs. Small students run best on
+    one thread each (on 2 cores, 2 workers x 1 thread beat 1 x 2 threads), and one-thread trainers share
+    cores without the barrier stalls of multi-threaded ones: 3 equal seeds on 2 cores take 1.5 seed-times
+    side by side instead of 2 in two rounds (measured: 146 s vs ~185 s, identical weights)."""
     import os
 
     from qelm_core import threads
@@ -260,7 +261,7 @@ def train_workers(n_jobs: int) -> int:
     value = os.environ.get("QELM_TRAIN_WORKERS", "")
     if value and not (value.isdigit() and int(value) >= 1):
         raise ConfigError(f"QELM_TRAIN_WORKERS={value!r}: give a whole number >= 1 (or unset it)")
-    return min(n_jobs, int(value) if value else threads.cores())
+    return min(n_jobs, int(value) if value else max(threads.cores(), seeds))
 
 
 def _worker_init(cores: int) -> None:

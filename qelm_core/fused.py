@@ -77,8 +77,8 @@ def _ry(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _rot(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(..., 3) real (a, b, c) -> (..., 2, 2) complex RY(c) @ RZ(b) @ RY(a) (as circuits.rot_matrices)."""
-    a, b, c = w.unbind(-1)
+    """(..., 3+) real (a, b, c, ...) -> (..., 2, 2) complex RY(c) @ RZ(b) @ RY(a) (as circuits.rot_matrices)."""
+    a, b, c = w[..., 0], w[..., 1], w[..., 2]
     phase = torch.polar(torch.ones_like(b), -b / 2)  # RZ(b) = diag(phase, conj(phase))
     rz = torch.stack([phase, phase.conj()], -1)  # (..., 2) diagonal
     return _ry(c, dtype) @ (rz[..., :, None] * _ry(a, dtype))
@@ -94,7 +94,8 @@ def _kron(mats: torch.Tensor) -> torch.Tensor:
 
 
 def _compile_blocks(spec: CircuitSpec) -> list[tuple]:
-    """Group ops into ("single", [stage, ...]), ("perm", index list) and ("sign", +-1 vector) blocks.
+    """Group ops into ("single", [stage, ...]), ("perm", index list), ("sign", +-1 vector) and
+    ("phase", [(mask of both bits set (2^n,), s, l, a), ...]) blocks.
 
     A stage is (kind, qubits, slots, layers) with one op of a single kind per qubit at most; the
     stages of a block are applied in order (later stages multiply from the left)."""
@@ -102,10 +103,11 @@ def _compile_blocks(spec: CircuitSpec) -> list[tuple]:
     blocks: list[tuple] = []
     for op in spec.ops:
         kind = op[0]
-        if kind in ("data_ry", "rot"):
-            q, s = op[1], op[2]
+        if kind in ("data_ry", "rot", "h"):
+            q, s = op[1], op[2] if kind != "h" else 0
             l = op[3] if kind == "rot" else 0
-            if not (0 <= q < n and 0 <= s < k and 0 <= l < L) or len(op) != (4 if kind == "rot" else 3):
+            if not (0 <= q < (spec.data_wires if kind == "data_ry" else n) and 0 <= s < k and 0 <= l < L) or \
+                    len(op) != {"rot": 4, "data_ry": 3, "h": 2}[kind]:
                 raise ValueError(f"op {op!r} out of range for n={n}, context={k}, layers={L}")
             if not blocks or blocks[-1][0] != "single":
                 blocks.append(("single", []))
@@ -114,6 +116,15 @@ def _compile_blocks(spec: CircuitSpec) -> list[tuple]:
                 stages.append((kind, [], [], []))
             for lst, v in zip(stages[-1][1:], (q, s, l)):
                 lst.append(v)
+        elif kind == "cphase":  # diagonal with trainable angles: a run of them is one phase vector per call
+            _, c, t, s, l = op
+            if not (0 <= c < n and 0 <= t < n and c != t and 0 <= s < k and 0 <= l < L):
+                raise ValueError(f"op {op!r} out of range for n={n}, context={k}, layers={L}")
+            x = torch.arange(2**n)
+            both = ((x >> (n - 1 - c)) & 1) * ((x >> (n - 1 - t)) & 1)
+            if not blocks or blocks[-1][0] != "phase":
+                blocks.append(("phase", []))
+            blocks[-1][1].append((both, s, l, c))
         elif kind in ("cnot", "cz"):
             _, c, t = op
             if not (0 <= c < n and 0 <= t < n and c != t):
@@ -166,19 +177,23 @@ def compile_fused(spec: CircuitSpec, dtype: torch.dtype = torch.complex64, reado
                                   torch.argsort(idx).to(device)))
                 elif b[0] == "sign":
                     items.append(b[1].to(device=device, dtype=real))
+                elif b[0] == "phase":  # mask (2^n, P) and the (s, l, a) index of each pair's angle
+                    mask = torch.stack([m for m, *_ in b[1]], 1).to(device=device, dtype=real)
+                    items.append((mask, *(torch.tensor(v, device=device) for v in zip(*(i[1:] for i in b[1])))))
                 else:
                     items.append([tuple(torch.tensor(v, device=device) for v in st[1:]) for st in b[1]])
-            cache[device] = [items, torch.eye(2, dtype=dtype, device=device), signs.to(device)]
+            hadamard = torch.tensor([[1, 1], [1, -1]], dtype=dtype, device=device) / 2**0.5
+            cache[device] = [items, torch.eye(2, dtype=dtype, device=device), signs.to(device), hadamard]
         return cache[device]
 
     def f(angles: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        if tuple(angles.shape[-2:]) != (k, n) or tuple(weights.shape) != spec.weight_shape:
-            raise ValueError(f"expected angles (..., {k}, {n}) and weights {spec.weight_shape}, "
+        if tuple(angles.shape[-2:]) != spec.angle_shape or tuple(weights.shape) != spec.weight_shape:
+            raise ValueError(f"expected angles (..., {k}, {spec.data_wires}) and weights {spec.weight_shape}, "
                              f"got {tuple(angles.shape)} and {tuple(weights.shape)}")
         lead = angles.shape[:-2]
-        ang = angles.reshape(-1, k, n).to(real)  # (B, k, n)
+        ang = angles.reshape(-1, *spec.angle_shape).to(real)  # (B, k, data wires)
         B, device = ang.shape[0], ang.device
-        items, eye, sgn = consts(device)
+        items, eye, sgn, hadamard = consts(device)
         rots = _rot(weights.to(device=device, dtype=real), dtype)  # (k, L, n, 2, 2) shared
         if batch_layers:  # (k, L, 2^h, 2^h) and (k, L, 2^(n-h), 2^(n-h)) = C^T of every layer
             layer_a, layer_ct = _kron(rots[..., :h, :, :]), _kron(rots[..., h:, :, :].transpose(-1, -2))
@@ -193,12 +208,21 @@ def compile_fused(spec: CircuitSpec, dtype: torch.dtype = torch.complex64, reado
                 if psi is not None and i < len(blocks) - 1:  # signs right before |psi|^2 change nothing
                     psi = psi * item
                 continue
+            if b[0] == "phase":  # |0...0> has no pair with both bits set: nothing to do before any rotation
+                mask, ss, ls, qs = item
+                if psi is not None and i < len(blocks) - 1:
+                    theta = mask @ weights[ss, ls, qs, 3].to(device=device, dtype=real)  # (2^n,)
+                    psi = psi * torch.polar(torch.ones_like(theta), theta)
+                continue
             if sl is not None and batch_layers and psi is not None:
                 psi = (layer_a[sl] @ psi.reshape(B, 2**h, 2 ** (n - h)) @ layer_ct[sl]).reshape(B, 2**n)
                 continue
             m = None  # merged per-wire matrices (.., n, 2, 2)
             for (kind, *_), (qs, ss, ls), all_wires in zip(b[1], item, is_full):
-                g = _ry(ang[:, ss, qs], dtype) if kind == "data_ry" else rots[ss, ls, qs]  # (.., m, 2, 2)
+                if kind == "h":  # fixed Hadamards (ancilla preparation)
+                    g = hadamard.expand(len(qs), 2, 2)
+                else:
+                    g = _ry(ang[:, ss, qs], dtype) if kind == "data_ry" else rots[ss, ls, qs]  # (.., m, 2, 2)
                 if not all_wires:
                     g = eye.expand(*g.shape[:-3], n, 2, 2).index_copy(-3, qs, g)
                 m = g if m is None else g @ m

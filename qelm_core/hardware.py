@@ -1,7 +1,7 @@
 """What the student would cost on real quantum hardware: transpiled size and an estimated wall time.
 
 The circuit is built directly from `CircuitSpec.ops` with Qiskit gates (the same list the QNode and
-the fused engine compile): "data_ry" -> RY(x[s, q]), "rot" -> RY(a) RZ(b) RY(c), "cnot" -> CX, "cz" -> CZ, then
+the fused engine compile): "data_ry" -> RY(x[s, q]), "rot" -> RY(a) RZ(b) RY(c), "cnot" -> CX, "cz" -> CZ, "cphase" -> CP(phi), then
 all wires measured. The data angles stay Qiskit Parameters: one transpiled template serves every test
 position (that is how it would run on hardware, with the angles bound per position); the trained
 circuit weights are bound when given, else they stay symbolic too.
@@ -49,12 +49,13 @@ def qiskit_circuit(spec: CircuitSpec, weights=None):
     from qiskit.circuit import ParameterVector, QuantumCircuit
 
     n, k, L = spec.n_qubits, spec.context, spec.layers
-    x = ParameterVector("x", k * n)  # x[s * n + q] = data angle of wire q, slot s
+    d = spec.data_wires  # ancilla wires (if any) carry no data
+    x = ParameterVector("x", k * d)  # x[s * d + q] = data angle of wire q, slot s
     if weights is None:
         w = ParameterVector("w", spec.n_weights)
 
         def weight(s, l, q, i):
-            return w[((s * L + l) * n + q) * 3 + i]
+            return w[((s * L + l) * n + q) * spec.weight_shape[-1] + i]
     else:
         values = np.asarray(weights, dtype=np.float64)
         if values.shape != spec.weight_shape:
@@ -68,7 +69,7 @@ def qiskit_circuit(spec: CircuitSpec, weights=None):
         kind = op[0]
         if kind == "data_ry":
             _, q, s = op
-            qc.ry(x[s * n + q], q)
+            qc.ry(x[s * d + q], q)
         elif kind == "rot":
             _, q, s, l = op
             qc.ry(weight(s, l, q, 0), q)
@@ -78,6 +79,11 @@ def qiskit_circuit(spec: CircuitSpec, weights=None):
             qc.cx(op[1], op[2])
         elif kind == "cz":
             qc.cz(op[1], op[2])
+        elif kind == "h":
+            qc.h(op[1])
+        elif kind == "cphase":
+            _, a, b, s, l = op
+            qc.cp(weight(s, l, a, 3), a, b)
         else:
             raise ValueError(f"unknown op {op!r}")
     qc.measure(range(n), range(n))
@@ -144,4 +150,4 @@ def cost_report(spec: CircuitSpec, backend_name: str, shots: int, positions: int
 
 
 def count_two_qubit_gates(spec: CircuitSpec) -> int:
-    return sum(1 for op in spec.ops if op[0] in ("cnot", "cz"))
+    return sum(1 for op in spec.ops if op[0] in ("cnot", "cz", "cphase"))

@@ -23,6 +23,9 @@ def model_card(params: Params, m: dict, cfg: dict) -> str:
                  f"{m['ppl_student_exact_subset']:.2f} exact on the same positions ({m['noisy_zero_prob_targets']} "
                  f"targets sampled at zero probability, smoothed with eps={m['noisy_smoothing']}).\n")
     reupload = f"; the token's angles again before every layer k with k % {sp.reupload_every} == 0" if sp.reupload_every else ""
+    if sp.ancillas:
+        reupload += (f"; {sp.ancillas} ancilla qubit(s) prepared in |+>, post-selected on 0 "
+                     f"({m.get('postselect_rate_student', float('nan')):.0%} of the shots kept)")
     return f"""# qelm student model card
 
 - **Data**: corpus `{params.data.corpus}` {params.data.documents or ''}; {m['test_tokens']} test tokens;

@@ -25,9 +25,9 @@ from .devices import diff_method_for, is_exact_simulator, make_device
 from .fused import compile_fused
 from .weights import CONFIG_FILE, WEIGHTS_FILE, load_matching, read_folder, save_folder
 
-STUDENT_KEYS = ("n_qubits", "context", "layers", "reupload_every", "encoding", "log_bias", "assignment", "entangler",
-                "engine", "classical_dim")  # what config.json records to rebuild the model
-ADDED_KEYS = {"reupload_every": 0}  # keys newer than the format: models saved before them behave like this
+STUDENT_KEYS = ("n_qubits", "context", "layers", "reupload_every", "ancillas", "encoding", "log_bias", "assignment",
+                "entangler", "engine", "classical_dim")  # what config.json records to rebuild the model
+ADDED_KEYS = {"reupload_every": 0, "ancillas": 0}  # keys newer than the format: older models behave like this
 PROB_FLOOR = 1e-12  # probabilities are floored before the log so the NLL stays finite
 FORMAT = "qelm-student/2"  # /2: the basis map is saved with the weights
 
@@ -41,7 +41,15 @@ def basis_bits(basis: torch.Tensor, n_qubits: int) -> torch.Tensor:
 def quantum_param_count(sp: StudentParams) -> int:
     V, n = 2**sp.n_qubits, sp.n_qubits
     embedding = V * n if sp.encoding == "embedding" else 0
-    return embedding + sp.context * sp.layers * n * 3 + (V if sp.log_bias else 0)
+    per_qubit = 4 if sp.entangler == "cphase" else 3  # Y-Z-Y angles (+ the ring phase of pair (q, q+1))
+    return embedding + sp.context * sp.layers * (n + sp.ancillas) * per_qubit + (V if sp.log_bias else 0)
+
+
+def post_select(probs: torch.Tensor, ancillas: int) -> torch.Tensor:
+    """(..., 2^(n+a)) -> (..., 2^n): the outcomes whose a ancilla wires (the last, least significant bits)
+    read 0. Not renormalised: the student's log_softmax (or predict_probs) does that, which is what
+    discarding the other shots does on hardware."""
+    return probs if not ancillas else probs.unflatten(-1, (-1, 2**ancillas))[..., 0]
 
 
 def _check_ids(context_ids: torch.Tensor, context: int, vocab: int) -> None:
@@ -62,7 +70,10 @@ class QuantumStudent(nn.Module):
     near-identity layers the init distribution favours id 0 and the low-Hamming-weight (frequent)
     ids; rarer ids get larger angles so that different contexts are distinguishable from step 0.
     "bits" = fixed angles pi * bit_q of the token's basis state (the same map as the output).
-    Circuit weights (context, layers, n, 3) ~ N(0, 0.02): near identity. `basis` (V,): the read-out map
+    `ancillas` = a > 0: a more wires without data; the distribution is the outcomes with every ancilla
+    at 0, renormalised (post-selection: on hardware, the other shots are discarded).
+    Circuit weights (context, layers, n + a, 3) ~ N(0, 0.02): near identity (entangler cphase: a 4th entry
+    per qubit, the ring phase, ~ pi + N(0, 0.02): starts as the CZ ring). `basis` (V,): the read-out map
     (default: Hamming order, basis.hamming_order). `log_bias` (V,), zeros at
     init, is added to the log-probs before renormalising (a classical correction, counted as such).
     """
@@ -77,7 +88,7 @@ class QuantumStudent(nn.Module):
             raise ConfigError(f"student.engine: fused simulates the circuit itself and cannot run on "
                               f"{self.device_params.name} (shots={self.device_params.shots}); set student.engine: pennylane")
         n, V = params.n_qubits, 2**params.n_qubits
-        self.spec = ansatz(n, params.context, params.layers, params.entangler, params.reupload_every)
+        self.spec = ansatz(n, params.context, params.layers, params.entangler, params.reupload_every, params.ancillas)
         basis = torch.as_tensor(hamming_order(n) if basis is None else basis, dtype=torch.long)
         if sorted(basis.tolist()) != list(range(V)):
             raise QelmError(f"student: basis must be a permutation of the {V} basis states")
@@ -95,13 +106,16 @@ class QuantumStudent(nn.Module):
         else:
             self.embedding = None
             self.register_buffer("bit_angles", math.pi * basis_bits(self.basis, n), persistent=False)  # (V, n)
-        self.circuit_weights = nn.Parameter(0.02 * torch.randn(self.spec.weight_shape, generator=generator))
+        weights = 0.02 * torch.randn(self.spec.weight_shape, generator=generator)
+        if params.entangler == "cphase":
+            weights[..., 3] += math.pi  # start as the CZ ring
+        self.circuit_weights = nn.Parameter(weights)
         self.log_bias = nn.Parameter(torch.zeros(V)) if params.log_bias else None
 
         if params.engine == "fused":  # same spec, own statevector code: ~10x faster than default.qubit
             self._qnode = compile_fused(self.spec, dtype=torch.complex64)
         else:
-            dev = make_device(self.device_params, n, shots=self.device_params.shots)
+            dev = make_device(self.device_params, self.spec.n_qubits, shots=self.device_params.shots)
             diff = diff_method_for(self.device_params, training=True)
             self._qnode = build_qnode(self.spec, dev, diff, shots=self.device_params.shots)
 
@@ -118,8 +132,16 @@ class QuantumStudent(nn.Module):
         """(B, k) -> (B, V) float64 circuit probabilities in vocabulary order (no log_bias)."""
         _check_ids(context_ids, self.params.context, self.vocab_size)
         angles = self.angles(context_ids).to(torch.float64)  # (B, k, n); one dtype end to end (complex128)
-        probs = self._qnode(angles, self.circuit_weights)  # (B, V) basis order
+        probs = post_select(self._qnode(angles, self.circuit_weights), self.params.ancillas)  # (B, V) basis order
         return probs[..., self.basis]
+
+    @torch.no_grad()
+    def postselect_rate(self, context_ids: torch.Tensor, batch: int = 2048) -> torch.Tensor:
+        """(B, k) -> (B,) probability that every ancilla reads 0: the share of hardware shots kept (1 without)."""
+        _check_ids(context_ids, self.params.context, self.vocab_size)
+        rates = [post_select(self._qnode(self.angles(c).to(torch.float64), self.circuit_weights), self.params.ancillas).sum(-1)
+                 for c in context_ids.split(batch)]
+        return torch.cat(rates).to(torch.float64) if rates else torch.zeros(0, dtype=torch.float64)
 
     def forward(self, context_ids: torch.Tensor) -> torch.Tensor:
         logp = torch.log(self.circuit_probs(context_ids).clamp_min(PROB_FLOOR))  # (B, V)
@@ -211,15 +233,15 @@ def predict_probs(model: nn.Module, context_ids: torch.Tensor, device_params: De
         return model(context_ids).exp().to(torch.float64)
     _check_ids(context_ids, model.params.context, model.vocab_size)
     diff_method_for(device_params, training=False)  # validates the device name and an explicit diff_method
-    dev = make_device(device_params, model.params.n_qubits, shots=shots, seed=seed)
+    dev = make_device(device_params, model.spec.n_qubits, shots=shots, seed=seed)
     qnode = build_qnode(model.spec, dev, diff_method=None, shots=shots)
     angles = model.angles(context_ids).to(torch.float64).cpu()  # (B, k, n)
     probs = qnode(angles, model.circuit_weights.to(torch.float64).cpu()).reshape(len(context_ids), -1)
-    probs = probs[:, model.basis.cpu()]  # (B, V) vocab order
+    probs = post_select(probs, model.params.ancillas)[:, model.basis.cpu()]  # (B, V) vocab order
     if model.log_bias is not None:
         bias = model.log_bias.to(torch.float64).cpu()
         probs = probs * (bias - bias.max()).exp()  # same as adding it to the log-probs; no overflow
-    return probs / probs.sum(-1, keepdim=True)
+    return probs / probs.sum(-1, keepdim=True).clamp_min(1e-300)  # every shot discarded: a zero row
 
 
 # ---------------------------------------------------------------- save / load (safetensors, no pickle)

@@ -23,6 +23,30 @@ def test_ansatz_structure(entangler):
     assert ring(1) == [] and ring(2) == [(0, 1)] and ring(3) == [(0, 1), (1, 2), (2, 0)]
 
 
+def test_cphase_ring_has_a_trainable_phase_per_pair_before_each_layers_rotations():
+    spec = ansatz(3, context=2, layers=2, entangler="cphase")
+    assert spec.weight_shape == (2, 2, 3, 4) and spec.n_weights == 48
+    kinds = [op[0] for op in spec.ops]
+    assert kinds[:7] == ["data_ry"] * 3 + ["cphase"] * 3 + ["rot"]  # ring first: the circuit ends on rotations
+    assert kinds[-1] == "rot"
+    phases = [(op[3], op[4], op[1]) for op in spec.ops if op[0] == "cphase"]  # (slot, layer, first wire)
+    assert sorted(phases) == [(s, l, q) for s in range(2) for l in range(2) for q in range(3)]
+    with pytest.raises(ValueError, match="n_qubits >= 3"):
+        ansatz(2, 1, 1, entangler="cphase")
+
+
+def test_cphase_at_pi_is_the_cz_ring():
+    """At phase pi every CPhase is a CZ: the first layer's ring acts on the encoded product state either way,
+    so a one-layer circuit with the ring before the rotations equals CZ-ring-then-rotations on that state."""
+    from qelm_core.circuits import CircuitSpec
+
+    cp = ansatz(3, context=1, layers=1, entangler="cphase")
+    cz_first = CircuitSpec(3, 1, 1, tuple(("cz", *op[1:3]) if op[0] == "cphase" else op for op in cp.ops), "cz")
+    angles, weights = example_inputs(cp, seed=5)
+    weights[..., 3] = math.pi
+    torch.testing.assert_close(_qnode(cp)(angles, weights), _qnode(cz_first)(angles, weights[..., :3]), atol=1e-12, rtol=0)
+
+
 def test_reupload_every_encodes_each_token_again_before_every_kth_layer():
     spec = ansatz(2, context=2, layers=4, reupload_every=2)
     data = [(i, op[2]) for i, op in enumerate(spec.ops) if op[0] == "data_ry" and op[1] == 0]
@@ -63,9 +87,9 @@ def test_probs_shape_broadcast_and_both_compilations_agree(n):
     assert torch.allclose(p_matrix, single, atol=1e-12)
 
 
-@pytest.mark.parametrize("entangler", ["cz", "cnot"])
-@pytest.mark.parametrize("n", [1, 2, 3])
-@pytest.mark.parametrize("first_slot", ["random", "bits"])
+# cphase with bits encoding is refused by the config: its first ring would act on a basis state (a global phase)
+@pytest.mark.parametrize("n,entangler,first_slot", [(n, e, f) for n in (1, 2, 3) for e in ("cz", "cnot") for f in ("random", "bits")]
+                         + [(3, "cphase", "random"), (4, "cphase", "random")])
 def test_every_weight_has_a_gradient(n, first_slot, entangler):
     # With qml.Rot (RZ RY RZ) the last layer's third angle would be dead: RZ then a ring then probs.
     spec = ansatz(n, context=2, layers=2, entangler=entangler)

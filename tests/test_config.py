@@ -22,6 +22,8 @@ def test_repo_params_are_valid():
     ({"device": {"shots": 0}}, "device.shots"),
     ({"teacher": {"window": 64, "stride": 65}}, "teacher"),
     ({"data": {"split_train": 0.8, "split_val": 0.3}}, "data"),
+    ({"student": {"entangler": "cphase", "n_qubits": 2}}, "student"),
+    ({"student": {"entangler": "cphase", "encoding": "bits"}}, "student"),
 ])
 def test_bad_params_are_one_line_naming_the_key(raw, key):
     with pytest.raises(ConfigError) as info:

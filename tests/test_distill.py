@@ -117,6 +117,9 @@ def test_train_workers_default_and_override(monkeypatch):
 
     monkeypatch.delenv("QELM_TRAIN_WORKERS", raising=False)
     assert train_workers(6) == min(6, os.cpu_count() or 1) and train_workers(1) == 1
+    monkeypatch.setenv("QELM_CORES", "2")  # more seeds than cores: every seed of a kind at once
+    assert train_workers(6, seeds=3) == 3 and train_workers(2, seeds=3) == 2 and train_workers(6, seeds=1) == 2
+    monkeypatch.delenv("QELM_CORES")
     monkeypatch.setenv("QELM_TRAIN_WORKERS", "1")
     assert train_workers(6) == 1
     monkeypatch.setenv("QELM_TRAIN_WORKERS", "two")

@@ -9,6 +9,8 @@ from qelm_core.circuits import CircuitSpec, ansatz, build_qnode
 from qelm_core.fused import compile_fused
 
 SHAPES = [(n, k, L) for n in (1, 2, 3, 4, 8) for k in (1, 2) for L in (1, 3)]
+# every entangler on every shape it supports (cphase: a ring phase per qubit needs n >= 3)
+CASES = [(n, k, L, e) for n, k, L in SHAPES for e in ("cz", "cnot", "cphase") if e != "cphase" or n >= 3]
 B = 16
 
 
@@ -32,8 +34,7 @@ def _nll_grads(f, angles, weights, targets):
     return loss.detach().double(), ga, gw
 
 
-@pytest.mark.parametrize("entangler", ["cz", "cnot"])
-@pytest.mark.parametrize("n,k,L", SHAPES)
+@pytest.mark.parametrize("n,k,L,entangler", CASES)
 def test_probs_match_default_qubit(n, k, L, entangler):
     spec = ansatz(n, k, L, entangler)
     angles, weights, _ = _inputs(spec, seed=100 * n + 10 * k + L)
@@ -48,8 +49,7 @@ def test_probs_match_default_qubit(n, k, L, entangler):
     torch.testing.assert_close(p128.sum(-1), torch.ones(B, dtype=torch.float64), atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("entangler", ["cz", "cnot"])
-@pytest.mark.parametrize("n,k,L", SHAPES)
+@pytest.mark.parametrize("n,k,L,entangler", CASES)
 def test_gradients_match_default_qubit(n, k, L, entangler):
     spec = ansatz(n, k, L, entangler)
     inputs = _inputs(spec, seed=7 + 100 * n + 10 * k + L)
@@ -63,7 +63,7 @@ def test_gradients_match_default_qubit(n, k, L, entangler):
             torch.testing.assert_close(x, y, atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("entangler", ["cz", "cnot"])
+@pytest.mark.parametrize("entangler", ["cz", "cnot", "cphase"])
 def test_reuploading_circuit_matches_default_qubit(entangler):
     spec = ansatz(3, 2, 4, entangler, reupload_every=2)
     angles, weights, _ = inputs = _inputs(spec, seed=11)
@@ -71,6 +71,18 @@ def test_reuploading_circuit_matches_default_qubit(entangler):
                                atol=1e-10, rtol=0)
     ref, got = _nll_grads(_qnode(spec), *inputs), _nll_grads(compile_fused(spec, dtype=torch.complex128), *inputs)
     for x, y in zip(got, ref):  # loss, d/d angles (each angle now enters twice), d/d weights
+        torch.testing.assert_close(x, y, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("entangler", ["cz", "cphase"])
+def test_ancilla_wires_match_default_qubit(entangler):
+    spec = ansatz(3, 2, 2, entangler, reupload_every=1, ancillas=1)
+    assert spec.n_qubits == 4 and spec.angle_shape == (2, 3) and spec.data_wires == 3
+    angles, weights, _ = inputs = _inputs(spec, seed=12)
+    torch.testing.assert_close(compile_fused(spec, dtype=torch.complex128)(angles, weights), _qnode(spec)(angles, weights),
+                               atol=1e-10, rtol=0)
+    ref, got = _nll_grads(_qnode(spec), *inputs), _nll_grads(compile_fused(spec, dtype=torch.complex128), *inputs)
+    for x, y in zip(got, ref):
         torch.testing.assert_close(x, y, atol=1e-10, rtol=1e-10)
 
 

@@ -7,7 +7,7 @@ from qelm_core.config import QelmError
 from qelm_core.hardware import count_two_qubit_gates, cost_report, qiskit_circuit
 
 
-@pytest.mark.parametrize("entangler, gate", [("cz", "cz"), ("cnot", "cx")])
+@pytest.mark.parametrize("entangler, gate", [("cz", "cz"), ("cnot", "cx"), ("cphase", "cp")])
 def test_qiskit_circuit_is_the_spec_gate_for_gate(entangler, gate):
     spec = ansatz(3, 2, 2, entangler)
     ops = qiskit_circuit(spec).count_ops()

@@ -23,9 +23,11 @@ def all_ids(V: int, k: int, extra: int = 8, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("engine", ["pennylane", "fused"])
-@pytest.mark.parametrize("encoding, log_bias", [("embedding", True), ("embedding", False), ("bits", True)])
-def test_quantum_valid_distribution_and_every_gradient(encoding, log_bias, engine):
-    sp = student_params(encoding=encoding, log_bias=log_bias, engine=engine)
+@pytest.mark.parametrize("encoding, log_bias, entangler, ancillas", [
+    ("embedding", True, "cz", 0), ("embedding", False, "cz", 0), ("bits", True, "cz", 0), ("embedding", True, "cphase", 0),
+    ("embedding", True, "cphase", 1), ("bits", False, "cz", 1)])
+def test_quantum_valid_distribution_and_every_gradient(encoding, log_bias, entangler, ancillas, engine):
+    sp = student_params(encoding=encoding, log_bias=log_bias, engine=engine, entangler=entangler, ancillas=ancillas)
     model = QuantumStudent(sp, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # move away from the near-identity init so no gradient is accidentally tiny
         model.circuit_weights.normal_(0, 0.5)
@@ -95,12 +97,35 @@ def test_classical_student_is_parameter_matched():
     assert nq == {"embedding": 16 * 4, "circuit": 2 * 3 * 4 * 3, "classical": 16, "total": 64 + 72 + 16}
     assert nq["total"] == quantum_param_count(sp)
     assert nc["total"] <= nq["total"] and c.param_budget == nq["total"]
+    phases = sp.model_copy(update={"entangler": "cphase"})  # + one trainable ring phase per qubit and layer
+    assert param_counts(QuantumStudent(phases))["circuit"] == quantum_param_count(phases) - 64 - 16 == 2 * 3 * 4 * 4
+    ancilla = phases.model_copy(update={"ancillas": 1})  # its wire has rotations and phases, no data
+    assert param_counts(QuantumStudent(ancilla))["circuit"] == quantum_param_count(ancilla) - 64 - 16 == 2 * 3 * 5 * 4
     bigger = ClassicalStudent(sp.model_copy(update={"classical_dim": c.params.classical_dim + 1}))
     assert param_counts(bigger)["total"] > nq["total"]  # d is the largest that fits
     logp = c(all_ids(16, 2))
     assert torch.allclose(logp.exp().sum(-1), torch.ones(len(logp)), atol=1e-5)
     torch.nn.functional.nll_loss(logp, torch.zeros(len(logp), dtype=torch.long)).backward()
     assert all(p.grad is not None for p in c.parameters())
+
+
+def test_post_selection_keeps_the_outcomes_with_every_ancilla_at_zero():
+    from qelm_core.student import post_select
+
+    probs = torch.arange(16.0).reshape(2, 8)  # (B, 2^(n+a)), n = 2, a = 1: index = 2 * data + ancilla
+    assert torch.equal(post_select(probs, 1), torch.tensor([[0.0, 2, 4, 6], [8, 10, 12, 14]]))
+    assert torch.equal(post_select(probs, 2), torch.tensor([[0.0, 4], [8, 12]]))
+    assert post_select(probs, 0) is probs
+    sp = student_params(n_qubits=3, ancillas=1, engine="fused", log_bias=False)
+    model = QuantumStudent(sp, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        model.circuit_weights.normal_(0, 0.7)
+        ids = all_ids(8, 2)
+        full = model._qnode(model.angles(ids).double(), model.circuit_weights).reshape(len(ids), 8, 2)
+        kept = full[..., 0] / full[..., 0].sum(-1, keepdim=True)  # the distribution given ancilla = 0
+        torch.testing.assert_close(model(ids).exp().double(), kept[:, model.basis].double(), atol=1e-6, rtol=0)
+        assert (full[..., 1].sum(-1) > 0.01).all()  # the discarded outcomes do carry probability
+        torch.testing.assert_close(model.postselect_rate(ids, batch=5), full[..., 0].sum(-1).double(), atol=1e-6, rtol=0)
 
 
 def test_build_student_is_deterministic():
@@ -146,9 +171,10 @@ def test_default_students_compute_the_same_bits_on_1_and_2_threads(kind):
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("kind", ["quantum", "classical"])
-def test_save_load_round_trip(tmp_path, kind):
-    student = {"kind": kind, "n_qubits": 3, "context": 2, "layers": 2, "log_bias": True}
+@pytest.mark.parametrize("kind, entangler, ancillas", [("quantum", "cz", 0), ("quantum", "cphase", 1), ("classical", "cz", 0)])
+def test_save_load_round_trip(tmp_path, kind, entangler, ancillas):
+    student = {"kind": kind, "n_qubits": 3, "context": 2, "layers": 2, "log_bias": True, "entangler": entangler,
+               "ancillas": ancillas}
     params = parse_params({"seed": 3, "student": student})
     model = build_student(params)
     with torch.no_grad():
@@ -174,6 +200,7 @@ def test_reuploading_student_round_trips_and_older_configs_load_as_encoded_once(
     with torch.no_grad():
         assert torch.equal(model(ids), loaded(ids))
     cfg.pop("reupload_every")  # a model saved before the key existed was encoded once per slot
+    cfg.pop("ancillas")  # ... and had no ancilla wires
     (folder / "config.json").write_text(json.dumps(cfg))
     assert load_student(folder)[0].spec.ops == ansatz(3, 2, 2, "cz").ops
 
@@ -244,8 +271,9 @@ def test_pickle_payload_is_never_executed(saved, tmp_path):
     assert not marker.exists()
 
 
-def test_same_weights_on_aer_statevector():
-    model = QuantumStudent(student_params(log_bias=True), generator=torch.Generator().manual_seed(4))
+@pytest.mark.parametrize("ancillas", [0, 1])
+def test_same_weights_on_aer_statevector(ancillas):
+    model = QuantumStudent(student_params(log_bias=True, ancillas=ancillas), generator=torch.Generator().manual_seed(4))
     ids = all_ids(8, 2, extra=0)[:4]
     exact = predict_probs(model, ids, DeviceParams())
     with torch.no_grad():
@@ -254,8 +282,9 @@ def test_same_weights_on_aer_statevector():
     assert torch.allclose(exact, aer, atol=1e-6)
 
 
-def test_same_weights_on_noisy_fake_backend():
-    sp = StudentParams(n_qubits=2, context=1, layers=1)
+@pytest.mark.parametrize("ancillas", [0, 1])
+def test_same_weights_on_noisy_fake_backend(ancillas):
+    sp = StudentParams(n_qubits=2, context=1, layers=1, ancillas=ancillas)  # ancilla: shots with it at 1 are discarded
     model = QuantumStudent(sp, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         model.circuit_weights.normal_(0, 0.8, generator=torch.Generator().manual_seed(6))
@@ -274,15 +303,17 @@ def test_predict_probs_classical():
     assert probs.dtype == torch.float64 and torch.allclose(probs.sum(-1), torch.ones(len(ids), dtype=torch.float64))
 
 
-@pytest.mark.parametrize("encoding", ["embedding", "bits"])
+@pytest.mark.parametrize("encoding, entangler, ancillas", [("embedding", "cz", 0), ("bits", "cz", 0),
+                                                          ("embedding", "cphase", 0), ("embedding", "cphase", 1)])
 @pytest.mark.parametrize("n_qubits", [4, 8])
-def test_fused_engine_matches_pennylane_student(n_qubits, encoding):
-    sp = student_params(n_qubits=n_qubits, encoding=encoding, log_bias=True)
+def test_fused_engine_matches_pennylane_student(n_qubits, encoding, entangler, ancillas):
+    sp = student_params(n_qubits=n_qubits, encoding=encoding, log_bias=True, entangler=entangler, ancillas=ancillas)
     slow = QuantumStudent(sp, generator=torch.Generator().manual_seed(7))
     fast = QuantumStudent(sp.model_copy(update={"engine": "fused"}))
+    g = torch.Generator().manual_seed(10)  # not the global generator: the values must not depend on test order
     with torch.no_grad():
-        slow.circuit_weights.normal_(0, 0.5)
-        slow.log_bias.normal_(0, 0.3)
+        slow.circuit_weights.normal_(0, 0.5, generator=g)
+        slow.log_bias.normal_(0, 0.3, generator=g)
     fast.load_state_dict(slow.state_dict())
     ids = torch.randint(0, 2**n_qubits, (32, 2), generator=torch.Generator().manual_seed(8))
     targets = torch.randint(0, 2**n_qubits, (32,), generator=torch.Generator().manual_seed(9))

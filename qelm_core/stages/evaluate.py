@@ -54,10 +54,14 @@ def run(params: Params, paths: Paths) -> dict:
                  ppl_full_student_noisy=perplexity(full.target_probs(noisy, tgt, llm_y[pick])),
                  ppl_full_student_exact_subset=perplexity(full.target_probs(exact, tgt, llm_y[pick])),
                  noisy_zero_prob_targets=zeros, noisy_smoothing=params.evaluate.smoothing)
+    if cfg["kind"] == "quantum" and student.params.ancillas:  # post-selection discards the other shots
+        m["postselect_rate_student"] = float(student.postselect_rate(test.contexts).mean())
     if params.evaluate.hardware_backend and cfg["kind"] == "quantum":  # cost on hardware: hw_* (estimates)
         m.update(cost_report(student.spec, params.evaluate.hardware_backend, params.evaluate.shots, len(y),
                              params.evaluate.optimization_level, params.seed,
                              weights=student.circuit_weights.detach().cpu().numpy()))
+        if "postselect_rate_student" in m:  # shots / rate taken to keep `shots` per position
+            m["hw_est_seconds_postselected"] = m["hw_est_seconds"] / m["postselect_rate_student"]
     counts = cfg["param_counts"]
     m.update(params_student_circuit=counts["circuit"], params_student_embedding=counts["embedding"],
              params_student_classical=counts["classical"], params_classical=ccfg["param_counts"]["total"],

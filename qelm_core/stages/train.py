@@ -42,7 +42,7 @@ def run(params: Params, paths: Paths) -> dict:
                                       f"{name}_s{seed}_train_loss": row["train_loss"]}, step=row["step"])
 
         with atomic_dir(paths.root / "models" / "seeds") as seeds_dir:
-            results = train_all(paths.root, params, jobs, seeds_dir, {}, train_workers(len(jobs)),
+            results = train_all(paths.root, params, jobs, seeds_dir, {}, train_workers(len(jobs), params.train.seeds),
                                 bar, done)
             selected = {}
             for name in kinds:
