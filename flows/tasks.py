@@ -163,12 +163,13 @@ def sweep_report(grid, runs: list[RunConfig], train: dict[str, dict], evaluate: 
                         "alpha": r.params.train.alpha, "seed": r.params.seed} for r in runs}
     table = report.rows(points, train, evaluate)
     summary = report.summarize(table)
-    best = report.registered_winner(table, runs[0].params.student.n_qubits)  # the grid's first n_qubits
+    best = report.registered_winner(table)  # lowest validation ppl_full over every vocabulary size
     project = Paths(runs[0].project)
     out = project.root / ".qelm" / "sweeps" / str(flow_run.id)
     files = report.write_files(out, project.plots, table, summary)
     run_id = tracking.log_sweep(project, grid.model_dump(), table, summary, files,
-                                {k: best[k] for k in ("test_ppl", "val_ppl", "params", "n_qubits", "mlflow_run_id")})
+                                {k: best[k] for k in ("ppl_full", "val_ppl_full", "test_ppl", "val_ppl", "params", "bytes",
+                                                 "n_qubits", "mlflow_run_id")})
     for mlflow_run in {r["mlflow_run_id"] for r in table if r["mlflow_run_id"]}:
         tracking.tag_run(mlflow_run, {"prefect.last_flow_run_id": str(flow_run.id), "qelm.sweep_run_id": run_id})
     url = tracking.run_url(run_id)

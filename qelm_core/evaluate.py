@@ -94,9 +94,9 @@ class FullVocab:
         return np.where(np.asarray(targets) == 0, p * self.within_other[llm_targets], p)  # 0: OTHER_ID
 
 
-def load_full_vocab(prepared: Path, teacher: Path, vocab) -> tuple[FullVocab, np.ndarray, np.ndarray]:
-    """-> (FullVocab fitted on train, k on val; the test targets as tokenizer ids; the teacher's own
-    full-vocabulary probability of each test target)."""
+def load_full_vocab(prepared: Path, teacher: Path, vocab) -> tuple[FullVocab, dict[str, np.ndarray], np.ndarray]:
+    """-> (FullVocab fitted on train, k on val; the val and test targets as tokenizer ids, per split; the
+    teacher's own full-vocabulary probability of each test target)."""
     import json
 
     from safetensors.numpy import load_file
@@ -106,7 +106,8 @@ def load_full_vocab(prepared: Path, teacher: Path, vocab) -> tuple[FullVocab, np
     _, llm, _ = load_prepared(prepared)
     size = json.loads((prepared / "stats.json").read_text())["tokenizer_vocab_size"]
     full = FullVocab.tuned(vocab.llm_ids[1:], llm["train"], llm["val"][1:], size)
-    return full, llm["test"][1:], load_file(str(teacher / "test.safetensors"))["target_probs_full"].astype(np.float64)
+    targets = {split: llm[split][1:] for split in ("val", "test")}
+    return full, targets, load_file(str(teacher / "test.safetensors"))["target_probs_full"].astype(np.float64)
 
 
 def model_scores(probs: np.ndarray, targets: np.ndarray, full: tuple[FullVocab, np.ndarray] | None = None
@@ -138,7 +139,7 @@ def seed_stats(name: str, per_seed: list[dict[str, float]], ppl_unigram_: float,
         return statistics.stdev(values) if len(values) > 1 else 0.0
 
     out = {f"seeds_{name}": len(per_seed)}
-    for key in [k for k in ("ppl", "ppl_full", "top1", "top5") if k in per_seed[0]]:
+    for key in [k for k in ("ppl", "ppl_full", "ppl_full_val", "top1", "top5") if k in per_seed[0]]:
         values = [s[key] for s in per_seed]
         out.update({f"{key}_{name}": statistics.fmean(values), f"{key}_{name}_sd": sd(values)})
     gaps = {"": [gap_recovered(ppl_unigram_, s["ppl"], ppl_teacher) for s in per_seed]}

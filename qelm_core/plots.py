@@ -99,28 +99,32 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
-def pareto_plot(path: Path, summary: list[dict], baselines=("unigram", "bigram", "teacher")) -> Path:
-    """Test perplexity vs trainable parameters, quantum vs classical, one panel per vocabulary size."""
-    sizes = sorted({r["n_qubits"] for r in summary})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.5), dpi=120, squeeze=False)
-    for ax, n in zip(axes[0], sizes):
-        panel = [r for r in summary if r["n_qubits"] == n]
+def pareto_plot(path: Path, summary: list[dict], baselines=("unigram", "teacher")) -> Path:
+    """Full-vocabulary test perplexity (ppl_full, comparable across vocabulary sizes) against trainable
+    parameters and against bytes on disk: quantum vs classical, every n_qubits in the same panel."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), dpi=120)
+    for ax, x_key, x_label in zip(axes, ("params", "bytes"), ("trainable parameters", "bytes on disk (safetensors)")):
         for i, (kind, marker) in enumerate((("quantum", "o"), ("classical", "s"))):
-            pts = [r for r in panel if r["kind"] == kind]
-            ax.errorbar([r["params"] for r in pts], [r["test_ppl_mean"] for r in pts],
-                        yerr=[r["test_ppl_std"] for r in pts], fmt=marker, color=f"C{i}", capsize=3,
-                        label=f"{kind} (mean ± sd over seeds)")
+            pts = [r for r in summary if r["kind"] == kind]
+            if not pts:
+                continue
+            ax.errorbar([r[x_key] for r in pts], [r["ppl_full_mean"] for r in pts], yerr=[r["ppl_full_std"] for r in pts],
+                        fmt=marker, color=f"C{i}", capsize=3, label=f"{kind} (mean ± sd over seeds)")
             for r in pts:
-                ax.annotate(f"L{r['layers']} α{r['alpha']:g}", (r["params"], r["test_ppl_mean"]), fontsize=7,
-                            xytext=(4, 3), textcoords="offset points")
-            front = pareto_front([(r["params"], r["test_ppl_mean"]) for r in pts])
+                ax.annotate(f"n{r['n_qubits']} L{r['layers']} α{r['alpha']:g}", (r[x_key], r["ppl_full_mean"]),
+                            fontsize=7, xytext=(4, 3), textcoords="offset points")
+            front = pareto_front([(r[x_key], r["ppl_full_mean"]) for r in pts])
             ax.step([x for x, _ in front], [y for _, y in front], where="post", color=f"C{i}", alpha=0.5,
                     ls="--", label=f"{kind} Pareto front")
-        for j, name in enumerate(baselines):
-            value = statistics.fmean(r[f"ppl_{name}"] for r in panel)
-            ax.axhline(value, color=f"C{j + 2}", lw=1, ls=":", label=f"{name} {value:.2f}")
-        ax.set(xscale="log", yscale="log", xlabel="trainable parameters", ylabel="test perplexity",
-               title=f"V = {2 ** n} (n_qubits = {n})")
+        lines = {}  # one line per distinct baseline figure: the unigram differs per vocabulary size
+        for r in summary:
+            for name in baselines:
+                label = name if name == "teacher" else f"{name} V={2 ** r['n_qubits']}"
+                lines[label] = r[f"ppl_full_{name}"]
+        for j, (label, value) in enumerate(sorted(lines.items())):
+            ax.axhline(value, color=f"C{j + 2}", lw=1, ls=":", label=f"{label} {value:.0f}")
+        ax.set(xscale="log", yscale="log", xlabel=x_label, ylabel="test ppl_full (full tokenizer vocabulary)",
+               title=f"ppl_full vs {x_key}")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     return save_png(fig, path)

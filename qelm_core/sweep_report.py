@@ -2,10 +2,10 @@
 not depend on it). Per-run rows, per-configuration summary over seeds, the best student, a Pareto plot.
 
 Pure functions over the stages' own metrics (train: parameter counts and validation perplexity;
-evaluate: test perplexity and the baselines). The best quantum student is chosen on *validation*
-perplexity (choosing on test perplexity would tune on the test set the table then reports), and only
-among points with the same vocabulary size: the registered one is the winner at the grid's first
-n_qubits value.
+evaluate: test and validation perplexities, bytes on disk and the baselines). Points are compared on
+`ppl_full` (the actual next token in the tokenizer's full vocabulary, evaluate.py), which is comparable
+across vocabulary sizes: the V-entry perplexity always favours the smallest V. The best quantum student
+is chosen on *validation* ppl_full (choosing on test would tune on the test set the table then reports).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from qelm_core.plots import pareto_plot
 MODELS = ("student", "classical")  # the same names prefix their metrics in train and evaluate
 KINDS = ("quantum", "classical")
 BASELINES = ("unigram", "bigram", "teacher")
+FULL_BASELINES = ("unigram", "teacher")  # the full-vocabulary figures the Pareto plot draws as lines
 
 
 def rows(points: dict[str, dict], train: dict[str, dict], evaluate: dict[str, dict]) -> list[dict]:
@@ -30,44 +31,52 @@ def rows(points: dict[str, dict], train: dict[str, dict], evaluate: dict[str, di
         for model in MODELS:
             kind = e.get("student_kind", "quantum") if model == "student" else "classical"
             out.append({"label": label, **point, "model": model, "kind": kind, "params": int(t[f"{model}_params_total"]),
-                        "val_ppl": float(t[f"{model}_val_ppl"]), "test_ppl": float(e[f"ppl_{model}"]),
+                        "bytes": int(e[f"bytes_{model}"]), "val_ppl": float(t[f"{model}_val_ppl"]),
+                        "test_ppl": float(e[f"ppl_{model}"]), "val_ppl_full": float(e[f"ppl_full_val_{model}"]),
+                        "ppl_full": float(e[f"ppl_full_{model}"]),
                         **{f"ppl_{b}": float(e[f"ppl_{b}"]) for b in BASELINES},
+                        **{f"ppl_full_{b}": float(e[f"ppl_full_{b}"]) for b in FULL_BASELINES},
                         "mlflow_run_id": t.get("mlflow_run_id", "")})
     return out
 
 
 def summarize(table: list[dict]) -> list[dict]:
     """Mean and spread over seeds for each (n_qubits, layers, alpha, model)."""
+    def sd(values):
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
     groups: dict[tuple, list[dict]] = {}
     for row in table:
         groups.setdefault((row["n_qubits"], row["layers"], row["alpha"], row["model"]), []).append(row)
     out = []
     for (n, layers, alpha, model), members in groups.items():
-        test = [m["test_ppl"] for m in members]
-        out.append({"n_qubits": n, "layers": layers, "alpha": alpha, "model": model, "kind": members[0]["kind"], "seeds": len(members),
-                    "params": members[0]["params"], "test_ppl_mean": statistics.fmean(test),
-                    "test_ppl_std": statistics.stdev(test) if len(test) > 1 else 0.0,
+        test, full = [m["test_ppl"] for m in members], [m["ppl_full"] for m in members]
+        out.append({"n_qubits": n, "layers": layers, "alpha": alpha, "model": model, "kind": members[0]["kind"],
+                    "seeds": len(members), "params": members[0]["params"], "bytes": members[0]["bytes"],
+                    "ppl_full_mean": statistics.fmean(full), "ppl_full_std": sd(full),
+                    "val_ppl_full_mean": statistics.fmean(m["val_ppl_full"] for m in members),
+                    "test_ppl_mean": statistics.fmean(test), "test_ppl_std": sd(test),
                     "val_ppl_mean": statistics.fmean(m["val_ppl"] for m in members),
-                    **{f"ppl_{b}": members[0][f"ppl_{b}"] for b in BASELINES}})
-    return sorted(out, key=lambda r: (r["n_qubits"], r["kind"], r["params"], r["test_ppl_mean"]))
+                    **{f"ppl_{b}": members[0][f"ppl_{b}"] for b in BASELINES},
+                    **{f"ppl_full_{b}": members[0][f"ppl_full_{b}"] for b in FULL_BASELINES}})
+    return sorted(out, key=lambda r: (r["n_qubits"], r["kind"], r["params"], r["ppl_full_mean"]))
 
 
 def winners(table: list[dict]) -> dict[int, dict]:
-    """The student run with the lowest validation perplexity for each vocabulary size (n_qubits): a
-    perplexity over V = 2^n entries is not comparable across n (the smallest vocabulary always wins)."""
+    """The student run with the lowest validation ppl_full for each vocabulary size (n_qubits)."""
     out: dict[int, dict] = {}
     for row in table:
-        if row["model"] == "student" and (row["n_qubits"] not in out or row["val_ppl"] < out[row["n_qubits"]]["val_ppl"]):
+        if row["model"] == "student" and (row["n_qubits"] not in out or row["val_ppl_full"] < out[row["n_qubits"]]["val_ppl_full"]):
             out[row["n_qubits"]] = row
     return out
 
 
-def registered_winner(table: list[dict], n_qubits: int) -> dict:
-    """The run the sweep registers: the winner among the points with vocabulary 2^n_qubits."""
+def registered_winner(table: list[dict]) -> dict:
+    """The run the sweep registers: the lowest validation ppl_full over every vocabulary size."""
     best = winners(table)
-    if n_qubits not in best:
-        raise ValueError(f"no student run with n_qubits = {n_qubits} in the sweep (it has {sorted(best)})")
-    return best[n_qubits]
+    if not best:
+        raise ValueError("the sweep has no student run to register")
+    return min(best.values(), key=lambda r: r["val_ppl_full"])
 
 
 def write_csv(path: Path, table: list[dict]) -> Path:
@@ -81,7 +90,7 @@ def write_csv(path: Path, table: list[dict]) -> Path:
 
 def publish_pareto(plots: Path, summary: list[dict]) -> list[Path]:
     """The project's own Pareto figure: plots/pareto.png and one CSV per kind (a DVC plot in dvc.yaml)."""
-    files = [pareto_plot(plots / "pareto.png", summary, BASELINES)]
+    files = [pareto_plot(plots / "pareto.png", summary, FULL_BASELINES)]
     for kind in KINDS:
         rows = [r for r in summary if r["kind"] == kind]
         if rows:
@@ -91,23 +100,26 @@ def publish_pareto(plots: Path, summary: list[dict]) -> list[Path]:
 
 def write_files(out: Path, plots: Path, table: list[dict], summary: list[dict]) -> list[Path]:
     """The sweep's own files under `out` (Pareto plot, runs.csv, summary.csv) and the project's Pareto figure."""
-    files = [pareto_plot(out / "pareto.png", summary, BASELINES), write_csv(out / "runs.csv", table),
+    files = [pareto_plot(out / "pareto.png", summary, FULL_BASELINES), write_csv(out / "runs.csv", table),
              write_csv(out / "summary.csv", summary)]
     return files + publish_pareto(plots, summary)
 
 
 def markdown(summary: list[dict], table: list[dict], registered: dict, url: str) -> str:
     lines = [f"## Sweep: {len(summary)} configurations\n", f"MLflow: [{url}]({url})\n",
-             "Best quantum student per vocabulary (chosen on validation perplexity, compared only within one "
-             "vocabulary size: perplexities over different V are not comparable):\n"]
-    lines += [f"- V = {2 ** n}: **{w['label']}**, test perplexity {w['test_ppl']:.3f}, {w['params']} parameters"
-              + (" (registered as challenger)" if w["label"] == registered["label"] else "")
+             "Best quantum student per vocabulary, chosen on validation ppl_full (the next token's perplexity "
+             "in the tokenizer's full vocabulary, comparable across V); the best over all is registered:\n"]
+    lines += [f"- V = {2 ** n}: **{w['label']}**, test ppl_full {w['ppl_full']:.1f} (over V: {w['test_ppl']:.3f}), "
+              f"{w['params']} parameters" + (" (registered as challenger)" if w["label"] == registered["label"] else "")
               for n, w in sorted(winners(table).items())]
-    lines += ["", "| n_qubits | layers | alpha | kind | params | test ppl (mean ± sd) | seeds |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['n_qubits']} | {r['layers']} | {r['alpha']:g} | {r['kind']} | {r['params']} | "
-              f"{r['test_ppl_mean']:.3f} ± {r['test_ppl_std']:.3f} | {r['seeds']} |" for r in summary]
+    lines += ["", "| n_qubits | layers | alpha | kind | params | bytes | test ppl_full (mean ± sd) | test ppl over V "
+              "(mean ± sd) | seeds |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['n_qubits']} | {r['layers']} | {r['alpha']:g} | {r['kind']} | {r['params']} | {r['bytes']} | "
+              f"{r['ppl_full_mean']:.1f} ± {r['ppl_full_std']:.1f} | {r['test_ppl_mean']:.3f} ± {r['test_ppl_std']:.3f} | "
+              f"{r['seeds']} |" for r in summary]
     for n in sorted({r["n_qubits"] for r in summary}):
         r = next(s for s in summary if s["n_qubits"] == n)
-        lines.append(f"\nBaselines at V = {2 ** n}: unigram {r['ppl_unigram']:.3f}, bigram {r['ppl_bigram']:.3f}, "
+        lines.append(f"\nBaselines at V = {2 ** n}: ppl_full unigram {r['ppl_full_unigram']:.1f}, teacher "
+                     f"{r['ppl_full_teacher']:.1f}; over V: unigram {r['ppl_unigram']:.3f}, bigram {r['ppl_bigram']:.3f}, "
                      f"teacher {r['ppl_teacher']:.3f}")
     return "\n".join(lines)

@@ -13,7 +13,8 @@ EVAL_KEYS = ["ppl_student", "ppl_student_noisy", "ppl_student_exact_subset", "pp
              "ppl_student_selected", "ppl_ratio_student_classical", "hw_spec_two_qubit_gates",
              "ppl_full_uniform", "ppl_full_unigram", "ppl_full_bigram", "ppl_full_classical", "ppl_full_student",
              "ppl_full_student_sd", "ppl_full_teacher", "ppl_full_student_noisy", "gap_recovered_full_student",
-             "gap_recovered_full_classical", "ppl_full_ratio_student_classical"]
+             "gap_recovered_full_classical", "ppl_full_ratio_student_classical", "ppl_full_val_student",
+             "ppl_full_val_classical"]
 
 
 @pytest.mark.slow

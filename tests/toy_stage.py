@@ -44,7 +44,11 @@ METRICS = {  # what qelm_core/sweep_report.py reads; the quantum student improve
     "train": {"student_params_total": 40 * student["layers"], "classical_params_total": 85,
               "student_val_ppl": 5.0 - 0.5 * student["layers"] + 0.1 * seed, "classical_val_ppl": 4.0},
     "evaluate": {"ppl_student": 5.1 - 0.5 * student["layers"] + 0.1 * seed, "ppl_classical": 4.1,
-                 "ppl_unigram": 4.5, "ppl_bigram": 3.5, "ppl_teacher": 2.5},
+                 "ppl_unigram": 4.5, "ppl_bigram": 3.5, "ppl_teacher": 2.5,
+                 "ppl_full_student": 90.0 - 5 * student["layers"] + seed, "ppl_full_classical": 80.0,
+                 "ppl_full_val_student": 95.0 - 5 * student["layers"] + seed, "ppl_full_val_classical": 85.0,
+                 "ppl_full_unigram": 120.0, "ppl_full_teacher": 30.0, "bytes_student": 160 * student["layers"],
+                 "bytes_classical": 340},
 }
 upstream = [read(Path(d)) for d in spec.get("deps", []) if d != "stage.py"]
 text = json.dumps({"stage": name, "params": {k: value(k) for k in spec.get("params", [])}, "upstream": upstream})

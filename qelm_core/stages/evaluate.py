@@ -27,7 +27,8 @@ def run(params: Params, paths: Paths) -> dict:
     student, cfg = load_student(paths.student)
     ccfg = load_student(paths.root / "models" / "classical")[1]
     k = tune_bigram_k(ids["train"], ids["val"], V)
-    full, llm_y, teacher_full = load_full_vocab(paths.prepared, paths.teacher, vocab)  # ppl_full_*: see evaluate.py
+    full, llm_targets, teacher_full = load_full_vocab(paths.prepared, paths.teacher, vocab)  # ppl_full_*: see evaluate.py
+    llm_y, val = llm_targets["test"], data["val"]
     prev, y = test.contexts[:, -1].numpy(), test.targets.numpy()
     probs = {"bigram": bigram_table(ids["train"], V, k)[prev],
              "unigram": np.broadcast_to(unigram_probs(ids["train"], V), (len(prev), V))}
@@ -39,6 +40,9 @@ def run(params: Params, paths: Paths) -> dict:
     for name, selected in (("student", cfg["seed"]), ("classical", ccfg["seed"])):  # every seed, same test positions
         loaded = [load_student(f) for f in sorted((paths.root / "models" / "seeds").glob(f"{name}-s*"))]
         per_seed = {c["seed"]: model_scores(model_probs(model, test.contexts), y, (full, llm_y)) for model, c in loaded}
+        for (model, c) in loaded:  # ppl_full_val_*: what a sweep picks its winner on across vocabulary sizes
+            per_seed[c["seed"]]["ppl_full_val"] = perplexity(full.target_probs(
+                model_probs(model, val.contexts), val.targets.numpy(), llm_targets["val"]))
         m.update(seed_stats(name, list(per_seed.values()), m["ppl_unigram"], m["ppl_teacher"],
                             (m["ppl_full_unigram"], m["ppl_full_teacher"])))
         m[f"ppl_{name}_selected"] = per_seed[selected]["ppl"]  # models/<name> is a copy of that seed's folder
