@@ -85,6 +85,35 @@ def test_fake_hardware_sampling_is_reproducible_with_a_seed(seed):
     assert not torch.equal(first, sample(seed + 1))
 
 
+def test_fake_hardware_fuses_noisy_gates_without_changing_the_distribution():
+    """The fake backend's Aer simulator fuses each gate with its noise (one Kraus op: the same channel)
+    even below Aer's default 14-qubit threshold: fused and unfused sampling agree to shot noise."""
+    import numpy as np
+    import torch
+    from qiskit import transpile
+
+    from qelm_core.circuits import ansatz
+    from qelm_core.hardware import qiskit_circuit
+
+    spec = ansatz(3, 2, 2, "cphase")
+    qc = qiskit_circuit(spec, torch.rand(spec.weight_shape, generator=torch.Generator().manual_seed(0)).numpy())
+    qc = qc.assign_parameters(np.linspace(0.3, 2.8, qc.num_parameters))
+    backend = make_device(dp(name="qiskit.remote", backend="FakeManilaV2"), 3, shots=100, seed=1).backend
+    tqc = transpile(qc, backend=backend, seed_transpiler=1)
+
+    def sample(seed, **options):
+        result = backend.run(tqc, shots=20000, seed_simulator=seed, **options).result()
+        probs = np.zeros(8)
+        for bits, n in result.get_counts().items():
+            probs[int(bits, 2)] += n / 20000
+        return probs, result.results[0].metadata["fusion"]["applied"]
+
+    fused, applied = sample(1)
+    unfused, not_applied = sample(10**6, fusion_threshold=14)
+    assert applied and not not_applied
+    assert 0.5 * np.abs(fused - unfused).sum() < 0.03  # shot noise of 20,000 shots over 8 outcomes: ~0.01
+
+
 def test_remote_errors():
     with pytest.raises(QelmError, match="FakeManilaV2 has 5 qubits but the student needs 6"):
         make_device(dp(name="qiskit.remote", backend="FakeManilaV2"), 6, shots=100)
