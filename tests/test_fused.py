@@ -63,6 +63,24 @@ def test_gradients_match_default_qubit(n, k, L, entangler):
             torch.testing.assert_close(x, y, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("n", [9, 10])
+@pytest.mark.parametrize("entangler", ["cz", "cnot", "cphase"])
+def test_three_wire_groups_match_default_qubit(n, entangler):
+    """From n = 9 a layer is three Kronecker factors (the middle one applied on its own axis), shared
+    (Rot layers) and per sample (data uploads): probabilities and gradients as default.qubit's."""
+    from qelm_core.fused import wire_groups
+
+    assert len(wire_groups(n)) == 3 and wire_groups(8) == [4, 4]
+    spec = ansatz(n, 2, 3, entangler, 2)
+    angles, weights, targets = _inputs(spec, seed=n, batch=4)
+    ref = _nll_grads(_qnode(spec), angles, weights, targets)
+    got = _nll_grads(compile_fused(spec, dtype=torch.complex128), angles, weights, targets)
+    for x, y in zip(got, ref):
+        torch.testing.assert_close(x, y, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(compile_fused(spec)(angles, weights).double(), _qnode(spec)(angles, weights),
+                               atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("entangler", ["cz", "cnot", "cphase"])
 def test_reuploading_circuit_matches_default_qubit(entangler):
     spec = ansatz(3, 2, 4, entangler, reupload_every=2)
