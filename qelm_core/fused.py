@@ -101,7 +101,7 @@ def wire_groups(n: int) -> list[int]:
     """Sizes of the wire groups whose Kronecker factors make up a layer: two halves up to n = 8, then
     groups of at most 4 wires (factors of 16 x 16: at n = 12 three of them cost 3 x 16 multiply-adds per
     amplitude instead of 2 x 64 for two halves)."""
-    m = max(2, -(-n // 4)) if n > 1 else 1
+    m = max(2, -(-n // 4))  # n = 1: [0, 1], an empty first group (its factor is [[1]])
     return [n // m + (i >= m - n % m) for i in range(m)]  # the smaller groups first (n = 10: 3, 3, 4)
 
 
@@ -120,8 +120,6 @@ def _apply(psi: torch.Tensor, factors: list[torch.Tensor], groups: list[int]) ->
     """psi (B, 2^n) -> the state after the product of the groups' factors (shared (d, d) or per
     sample (B, d, d)): the first from the left, the middle ones on their axis, the last from the right."""
     B, n = psi.shape[0], sum(groups)
-    if len(groups) == 1:
-        return (psi.reshape(B, 1, 2**n) @ factors[0]).reshape(B, 2**n)
     x = factors[0] @ psi.reshape(B, 2 ** groups[0], -1)  # (B, d0, rest)
     left = 2 ** groups[0]
     for f, g in zip(factors[1:-1], groups[1:-1]):  # its axis moved first: one (d, d) @ (d, left * right)

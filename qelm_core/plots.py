@@ -105,18 +105,17 @@ def pareto_plot(path: Path, summary: list[dict], baselines=("unigram", "teacher"
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), dpi=120)
     for ax, x_key, x_label in zip(axes, ("params", "bytes"), ("trainable parameters", "bytes on disk (safetensors)")):
         for i, (kind, marker) in enumerate((("quantum", "o"), ("classical", "s"))):
-            pts, twins_of = [], {}  # a classical twin shared by several quantum sizes is drawn once
-            for r in (r for r in summary if r["kind"] == kind):
-                key = (r["n_qubits"], r["params"], r["alpha"]) if kind == "classical" else id(r)
-                if key not in twins_of:
-                    twins_of[key] = []
-                    pts.append(r)
-                twins_of[key].append(str(r["layers"]))
+            points = {}  # key -> (row, layers): a classical twin shared by several quantum sizes is drawn once
+            for r in summary:
+                if r["kind"] == kind:
+                    key = (r["n_qubits"], r["params"], r["alpha"]) if kind == "classical" else id(r)
+                    points.setdefault(key, (r, []))[1].append(str(r["layers"]))
+            pts = [r for r, _ in points.values()]
             if not pts:
                 continue
             ax.errorbar([r[x_key] for r in pts], [r["ppl_full_mean"] for r in pts], yerr=[r["ppl_full_std"] for r in pts],
                         fmt=marker, color=f"C{i}", capsize=3, label=f"{kind} (mean ± sd over seeds)")
-            for r, layers in zip(pts, twins_of.values()):
+            for r, layers in points.values():
                 ax.annotate(f"n{r['n_qubits']} L{','.join(layers)} α{r['alpha']:g}", (r[x_key], r["ppl_full_mean"]),
                             fontsize=7, xytext=(4, 3), textcoords="offset points")
             front = pareto_front([(r[x_key], r["ppl_full_mean"]) for r in pts])
