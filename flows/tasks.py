@@ -24,7 +24,7 @@ from flows.params import Overrides, RunConfig, resolve, resolve_grid
 from qelm_core import tracking
 from qelm_core.cli import is_transient
 from qelm_core.config import Params, Paths
-from qelm_core.stages import teacher as teacher_stage
+from qelm_core.lm.stages import teacher as teacher_stage
 
 STAGE_TAG = "qelm-stage"
 SUMMARY = ("ppl_student", "ppl_classical", "ppl_bigram", "ppl_unigram", "ppl_teacher", "gap_recovered_student",
@@ -95,7 +95,7 @@ def save_run(exp: Experiment, stages: list[str], tracking_uri: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _teacher_model(source):
     """One teacher per worker process, loaded on its first shard and kept for the next ones."""
-    from qelm_core.teacher import load_teacher
+    from qelm_core.lm.teacher import load_teacher
 
     return load_teacher(source)
 
@@ -110,7 +110,7 @@ def pending_shards(params: Params, root: Path) -> list:
       retry_condition_fn=transient_only)
 def score_shard(params: Params, root: Path, job) -> str:
     """Score one shard into its own file (loading the teacher is the transient part, hence retries)."""
-    from qelm_core.teacher import resolve_teacher, shard_path
+    from qelm_core.lm.teacher import resolve_teacher, shard_path
 
     model = _teacher_model(resolve_teacher(params.teacher.model))
     teacher_stage.score_shards(params, Paths(root), [job], model)
@@ -157,7 +157,7 @@ def sweep_report(grid, runs: list[RunConfig], train: dict[str, dict], evaluate: 
     """Comparison table + Pareto plot -> one MLflow run and a Prefect artifact; names the best quantum student."""
     from prefect.runtime import flow_run
 
-    from qelm_core import sweep_report as report
+    from qelm_core.lm import sweep_report as report
 
     points = {r.label: {"n_qubits": r.params.student.n_qubits, "layers": r.params.student.layers,
                         "alpha": r.params.train.alpha, "seed": r.params.seed} for r in runs}

@@ -41,7 +41,7 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-LM_STAGES = "qelm_core.stages"
+LM_STAGES = "qelm_core.lm.stages"
 CLASSIFY_STAGES = "qelm_core.classify.stages"
 
 
@@ -142,7 +142,7 @@ def predict(
     from rich.console import Console
     from rich.table import Table
 
-    from qelm_core.predict import NextTokenPredictor
+    from qelm_core.lm.predict import NextTokenPredictor
 
     try:
         threads.use(0)  # one context through a small student

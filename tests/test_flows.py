@@ -95,7 +95,7 @@ def project(tmp_path, monkeypatch) -> Path:
         run(cmd, root)
     monkeypatch.setenv("QELM_ROOT", str(root))
     monkeypatch.setenv("TOY_CALLS", str(tmp_path / "calls.jsonl"))
-    monkeypatch.setattr("qelm_core.stages.teacher.pending_shards", lambda params, paths: [])  # toy data: no shards
+    monkeypatch.setattr("qelm_core.lm.stages.teacher.pending_shards", lambda params, paths: [])  # toy data: no shards
     return root
 
 
@@ -260,7 +260,7 @@ def test_only_transient_failures_are_retried(harness, project, calls, monkeypatc
     from flows.pipeline import pipeline
     from qelm_core.cli import EXIT_TRANSIENT, is_transient
     from qelm_core.config import ConfigError
-    from qelm_core.teacher import TeacherError
+    from qelm_core.lm.teacher import TeacherError
 
     assert not is_transient(ConfigError("bad input")) and not is_transient(TeacherError("not a model"))
     assert not is_transient(ValueError("a bug")) and not is_transient(FileNotFoundError("params.yaml"))
@@ -292,7 +292,7 @@ def test_sharded_teacher_on_two_dask_workers_is_byte_identical(harness, tiny_rep
     from flows.runner import dask_runner
     from qelm_core import threads
     from qelm_core.config import Paths, load_params
-    from qelm_core.stages import teacher
+    from qelm_core.lm.stages import teacher
 
     params, paths, single = load_params(tiny_repo / "params.yaml"), Paths(tmp_path / "dask"), Paths(tmp_path / "single")
     for p in (paths, single):

@@ -73,7 +73,7 @@ def test_register_promote_load_against_postgres_server(mlflow_server, tmp_path, 
 
     from qelm_core import tracking
     from qelm_core.config import Paths
-    from qelm_core.predict import NextTokenPredictor
+    from qelm_core.lm.predict import NextTokenPredictor
     from qelm_core.registry import promote
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)

@@ -58,7 +58,7 @@ def test_the_stage_log_shows_every_seeds_validation_perplexity_as_it_trains(tiny
 def test_champion_is_registered_loads_and_predicts(tiny_repo, monkeypatch):
     import mlflow
 
-    from qelm_core.predict import NextTokenPredictor
+    from qelm_core.lm.predict import NextTokenPredictor
     from qelm_core.weights import folder_digest
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tiny_repo / 'mlflow.db'}")

@@ -52,10 +52,10 @@ def test_versions_with_different_gates_are_not_compared():
 
 
 @pytest.mark.parametrize("module, frame, message", [
-    ("qelm_core.pyfunc_model", {"context_ids": [[1, 2]] * 10_001}, "at most 10000 per request"),
+    ("qelm_core.lm.pyfunc_model", {"context_ids": [[1, 2]] * 10_001}, "at most 10000 per request"),
     ("qelm_core.classify.pyfunc_model", {"text": ["a"] * 10_001}, "at most 10000 per request"),
     ("qelm_core.classify.pyfunc_model", {"dataset": ["bbc"]}, "give a `text` column"),
-    ("qelm_core.pyfunc_model", {}, "no rows in the request"),
+    ("qelm_core.lm.pyfunc_model", {}, "no rows in the request"),
 ])
 def test_both_served_models_answer_bad_requests_with_our_one_line_400(module, frame, message):
     """The shared serving base (qelm_core/pyfunc_base.py): row limit and INVALID_PARAMETER_VALUE (HTTP 400)."""
@@ -74,8 +74,8 @@ def test_both_served_models_answer_bad_requests_with_our_one_line_400(module, fr
 
 def save_tiny_student(folder):
     from qelm_core.config import parse_params
-    from qelm_core.data import Vocab
-    from qelm_core.student import build_student, save_student
+    from qelm_core.lm.data import Vocab
+    from qelm_core.lm.student import build_student, save_student
 
     params = parse_params({"student": {"n_qubits": 3, "context": 2, "layers": 1}})
     vocab = Vocab([-1, 198, 13, 11, 262, 290, 284, 258], ["<OTHER>"] + ["t"] * 7, [1] * 8)
@@ -87,7 +87,7 @@ def save_tiny_student(folder):
 def test_registry_gate_load_and_rest_serving(tmp_path, monkeypatch):
     from qelm_core import tracking
     from qelm_core.config import Paths
-    from qelm_core.predict import NextTokenPredictor
+    from qelm_core.lm.predict import NextTokenPredictor
     from qelm_core.registry import promote
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -62,7 +62,7 @@ def test_qelm_refuses_a_bad_override_in_one_line(monkeypatch):
 
 def test_training_workers_split_the_cores(monkeypatch):
     """train_all hands each spawned worker cores // workers; train_workers counts this process's cores."""
-    from qelm_core import distill
+    from qelm_core.lm import distill
 
     monkeypatch.setenv("QELM_CORES", "3")
     monkeypatch.delenv("QELM_TRAIN_WORKERS", raising=False)

@@ -40,7 +40,7 @@ if os.environ.get("TOY_FAIL", "").startswith(f"{name}:"):
         sys.exit(int(code))
 
 student, seed = params["student"], params["seed"]
-METRICS = {  # what qelm_core/sweep_report.py reads; the quantum student improves with layers
+METRICS = {  # what qelm_core/lm/sweep_report.py reads; the quantum student improves with layers
     "train": {"student_params_total": 40 * student["layers"], "classical_params_total": 85,
               "student_val_ppl": 5.0 - 0.5 * student["layers"] + 0.1 * seed, "classical_val_ppl": 4.0},
     "evaluate": {"ppl_student": 5.1 - 0.5 * student["layers"] + 0.1 * seed, "ppl_classical": 4.1,

@@ -2,7 +2,7 @@
 
 Engines (one fwd+bwd of an NLL loss over the 2^n probabilities, gradients to the weights AND the input
 angles; the student's circuit `circuits.ansatz(n, context, layers)` with params' context/layers):
-    fused            qelm_core/fused.py, complex64, on --torch-device
+    fused            qelm_core/quantum/fused.py, complex64, on --torch-device
     default.qubit    PennyLane backprop + parameter broadcasting, float64, on --torch-device
     lightning.qubit  PennyLane adjoint (2^n projector read-outs, one circuit per sample), CPU
 Timing: per (n, batch) cell every engine is warmed up once, then timed in `repeats` rounds in which

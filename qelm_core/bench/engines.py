@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from qelm_core.bench.config import BenchConfig
-from qelm_core.circuits import ansatz, build_qnode
+from qelm_core.quantum.circuits import ansatz, build_qnode
 from qelm_core.config import DeviceParams
-from qelm_core.devices import diff_method_for, make_device
-from qelm_core.fused import compile_fused
+from qelm_core.quantum.devices import diff_method_for, make_device
+from qelm_core.quantum.fused import compile_fused
 
 ENGINES = ("fused", "default.qubit", "lightning.qubit")
 LIGHTNING_MAX_N, LIGHTNING_MAX_BATCH = 10, 256

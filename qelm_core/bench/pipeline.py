@@ -29,7 +29,7 @@ REPRO_TARGET_S, NOOP_TARGET_S = 600.0, 3.0  # default `dvc repro` on 2 cores; a 
 
 
 def _teacher_data(params: Params, paths: Paths, vocab_size_llm: int) -> tuple[np.ndarray, torch.Tensor, str]:
-    from qelm_core.data import load_prepared
+    from qelm_core.lm.data import load_prepared
 
     if (paths.prepared / "vocab.json").is_file():
         vocab, llm, _ = load_prepared(paths.prepared)
@@ -55,7 +55,7 @@ def _bare_forward(model, batches: list[torch.Tensor]) -> None:
 
 def bench_teacher(params: Params, paths: Paths, cfg: BenchConfig, repeats: int) -> dict:
     from qelm_core.config import TeacherParams
-    from qelm_core.teacher import load_teacher, plan_windows, resolve_teacher, score_windows
+    from qelm_core.lm.teacher import load_teacher, plan_windows, resolve_teacher, score_windows
 
     torch_threads = policy.use(policy.LARGE)  # as the teacher stage runs
     source = resolve_teacher(params.teacher.model)
@@ -94,8 +94,8 @@ def bench_teacher(params: Params, paths: Paths, cfg: BenchConfig, repeats: int) 
 
 
 def _training_data(params: Params, paths: Paths) -> tuple[dict, np.ndarray, str]:
-    from qelm_core.data import contexts, load_prepared
-    from qelm_core.distill import SplitData, load_distill_data
+    from qelm_core.lm.data import contexts, load_prepared
+    from qelm_core.lm.distill import SplitData, load_distill_data
 
     V, k = params.vocab_size, params.student.context
     vocab_ok = (paths.prepared / "vocab.json").is_file() and load_prepared(paths.prepared)[0].size == V
@@ -123,8 +123,8 @@ def _training_data(params: Params, paths: Paths) -> tuple[dict, np.ndarray, str]
 
 
 def bench_training(params: Params, paths: Paths, cfg: BenchConfig) -> dict:
-    from qelm_core.distill import SplitData, train
-    from qelm_core.student import build_student
+    from qelm_core.lm.distill import SplitData, train
+    from qelm_core.lm.student import build_student
 
     data, counts, source = _training_data(params, paths)
     val = data["val"]

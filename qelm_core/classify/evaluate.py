@@ -64,7 +64,7 @@ def noisy_subset_indices(y: np.ndarray, k: int, seed: int) -> np.ndarray:
 def quantum_on_device(model, x: np.ndarray, device_params, shots: int | None, seed: int) -> np.ndarray:
     """The trained weights run on a PennyLane device: (N, d) -> (N, C) logits (float64)."""
     from qelm_core.classify.models import z_qnode
-    from qelm_core.devices import make_device
+    from qelm_core.quantum.devices import make_device
 
     dev = make_device(device_params, model.n_qubits, shots=shots, seed=seed)
     circuit = z_qnode(model.spec, dev, shots=shots)
@@ -75,7 +75,7 @@ def quantum_on_device(model, x: np.ndarray, device_params, shots: int | None, se
 @torch.no_grad()
 def exact_logits(model, x: np.ndarray) -> np.ndarray:
     """Exact statevector logits: the fused engine in complex128 (pinned to default.qubit by tests)."""
-    from qelm_core.fused import compile_fused
+    from qelm_core.quantum.fused import compile_fused
 
     exact = compile_fused(model.spec, dtype=torch.complex128, readout="z")
     xt = torch.as_tensor(x, dtype=torch.float32)
@@ -102,7 +102,7 @@ def evaluate_dataset(params: ClassifyParams, paths: ClassifyPaths, name: str, tr
     from qelm_core.classify.models import KINDS, load_model
     from qelm_core.classify.train import student_inputs
     from qelm_core.config import DeviceParams
-    from qelm_core.devices import fake_hardware
+    from qelm_core.quantum.devices import fake_hardware
 
     ep = params.evaluate
     prep, data = student_inputs(params, paths, name)

@@ -30,7 +30,7 @@ the sign of each projection (val accuracy 0.50-0.55 in an earlier exploratory ru
 the (0, pi) range keeps it.
 Every parameter matters: the last block's rotations sit before CNOTs, which map Z's to Z-strings, or
 directly before the read-out (CZ variants), and a final RY changes those (unlike an RZ, RZZ or CZ right
-before a Z read-out, which commutes with it); tests/test_classify_models.py checks that every gradient
+before a Z read-out, which commutes with it); tests/classify/test_models.py checks that every gradient
 entry is non-zero, for every entangler.
 Training runs the circuit on the fused engine (fused.compile_fused, readout="z"); `z_qnode` compiles the
 same gate list to a PennyLane QNode for default.qubit or noisy/hardware devices.
@@ -47,9 +47,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from qelm_core.circuits import CircuitSpec, ansatz, apply_ops, ring
+from qelm_core.quantum.circuits import CircuitSpec, ansatz, apply_ops, ring
 from qelm_core.config import QelmError
-from qelm_core.fused import compile_fused
+from qelm_core.quantum.fused import compile_fused
 from qelm_core.weights import CONFIG_FILE, load_matching, read_folder, save_folder
 
 FORMAT = "qelm-classifier/1"

@@ -1,10 +1,10 @@
 """Distillation of a classifier student: the same loop, loss, data and budget for every student kind.
 
 loss = (1 - alpha) * CE(student, label) + alpha * T^2 * KL(softmax(teacher_logits / T) || softmax(student / T))
-(qelm_core.distill.kd_loss, fed the student's log-probs and the teacher's probabilities). Adam, minibatches
+(qelm_core.lm.distill.kd_loss, fed the student's log-probs and the teacher's probabilities). Adam, minibatches
 in an order drawn from (seed, epoch); after each epoch the validation accuracy is measured and the
 best epoch's weights are kept (ties: the lower validation CE). With a checkpoint path, every epoch ends
-in a checkpoint (the LM loop's format, qelm_core/distill.py: model + Adam state + loop state, safetensors)
+in a checkpoint (the LM loop's format, qelm_core/lm/distill.py: model + Adam state + loop state, safetensors)
 and a rerun with the same key resumes after the last finished epoch, ending with the same weights.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qelm_core.distill import checkpoint_state, kd_loss, load_checkpoint, save_checkpoint
+from qelm_core.lm.distill import checkpoint_state, kd_loss, load_checkpoint, save_checkpoint
 
 
 @dataclass

@@ -190,7 +190,7 @@ def test_register_stage_never_promotes_when_the_champion_cannot_be_read(server, 
                                                                         tmp_path, monkeypatch):
     from qelm_core import tracking
     from qelm_core.config import Paths, parse_params
-    from qelm_core.stages import register
+    from qelm_core.lm.stages import register
 
     name = "faults-student-gate"
     seed_champion(monkeypatch, server, logged_model, name)

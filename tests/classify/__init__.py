@@ -1,0 +1,1 @@
+"""Tests of qelm_core/classify."""
