@@ -1,17 +1,10 @@
-"""A flow run is a DVC experiment: its own workspace, DVC's run-cache for work already done, `dvc exp show`.
+"""A flow run is a DVC experiment: a workspace of its own, DVC's run-cache for work already done, `dvc exp show`.
 
-    open_experiment   git clone --shared of the project's HEAD (+ its uncommitted changes) into
-                      <project>/.dvc/tmp/qelm-flows/<name>, using the project's DVC cache, with the
-                      overrides written into its params.yaml (what `dvc exp run -S key=value` does)
-    run_stage         `dvc repro --single-item <stage>` there: DVC decides whether the stage runs,
-                      is restored from the run-cache (same cmd, deps and params ran before, in any
-                      workspace: the cache is shared) or is unchanged; its output becomes log lines
-    save_experiment   `dvc exp save -n <name>` there, the experiment ref fetched into the project,
-                      the workspace removed: `dvc exp show` lists the run, `dvc exp apply <name>` brings it in
-
-Two runs with different overrides work in different folders, so they never write to the same
-place; runs with the same upstream params share those stages through the run-cache. Teacher shards
-(resumable work outside DVC's outputs, content-keyed) are shared with the project's data/.shards.
+The workspace is a `git clone --shared` of HEAD plus the project's uncommitted changes under
+.dvc/tmp/qelm-flows/<name>, on the project's DVC cache, with the overrides in its params.yaml (what
+`dvc exp run -S` does). Runs with different overrides never write to the same place; runs with the
+same upstream params share those stages through the run-cache. Teacher shards (resumable, content-keyed
+work outside DVC's outputs) are shared through the project's data/.shards.
 """
 from __future__ import annotations
 
@@ -48,7 +41,7 @@ class TransientStageFailure(Exception):
 class Experiment:
     project: Path  # the repository the run belongs to
     root: Path  # the run's workspace
-    name: str  # DVC experiment name = MLflow run name
+    name: str  # the DVC experiment's name = the MLflow run's name
 
 
 def stage_names(project: Path) -> list[str]:
@@ -141,10 +134,9 @@ def stage_env(exp: Experiment, tracking_uri: str, flow_run_id: str | None) -> di
     if flow_run_id:
         env["QELM_PREFECT_FLOW_RUN_ID"] = flow_run_id
     if not subprocess.run(["git", "config", "user.email"], cwd=exp.project, capture_output=True, text=True).stdout.strip():
-        env.setdefault("GIT_AUTHOR_NAME", "qelm flows")
-        env.setdefault("GIT_AUTHOR_EMAIL", "qelm-flows@localhost")
-        env.setdefault("GIT_COMMITTER_NAME", "qelm flows")
-        env.setdefault("GIT_COMMITTER_EMAIL", "qelm-flows@localhost")
+        for role in ("AUTHOR", "COMMITTER"):
+            env.setdefault(f"GIT_{role}_NAME", "qelm flows")
+            env.setdefault(f"GIT_{role}_EMAIL", "qelm-flows@localhost")
     return env
 
 

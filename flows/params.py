@@ -1,20 +1,16 @@
-"""Flow parameters: typed overrides of params.yaml (the UI's "Run" form) and their resolution.
+"""Flow parameters: typed overrides of params.yaml (the UI's "Run" form), resolved and validated.
 
-Every field is optional: None keeps the value in params.yaml. Each field's type, choices and range
-are read from the field of qelm_core/config.py it overrides (`setting`), so the form shows them and
-rejects a value out of range before the run starts, without a second copy of the rules; the merged
-params are then validated by `qelm_core.config.load_params`, the same code every stage uses.
+Each field's type, choices and range are read from the qelm_core/config.py field it overrides (no
+second copy of the rules); the merged params are validated by the config loader every stage uses.
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import annotated_types
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import ConfigDict, Field, create_model
 
 from qelm_core.config import ConfigError, Params, Paths, load_params_dotted
 
@@ -117,58 +113,3 @@ def resolve(overrides: Overrides, project_root: str | None = None, extra: dict[s
     params = load_params_dotted(project / "params.yaml", dotted)
     preflight(anchor(params, project), Paths(project))
     return RunConfig(project, params, dotted, tracking.tracking_uri(Paths(project)), label)
-
-
-class SweepGrid(BaseModel):
-    """Student configurations to compare: every n_qubits x layers x alpha, each with every seed."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    n_qubits: list[int] = Field(default_factory=list, description="student.n_qubits values; empty = params.yaml. "
-                                "The first one's winner is registered (perplexities are compared per vocabulary)")
-    layers: list[int] = Field([2, 4], description="student.layers values")
-    alpha: list[float] = Field([0.0, 0.5], description="train.alpha values (0 = no distillation, hard labels only)")
-    seeds: list[int] = Field([0, 1, 2], description="seeds per configuration (at least 3 for a spread)")
-    steps: int | None = Field(200, description="train.steps for every configuration (a short budget keeps a "
-                                                "12-point sweep in minutes); empty = params.yaml")
-
-    def points(self, base: Params) -> list[tuple[str, dict[str, Any]]]:
-        """[(label, dotted overrides)] in a stable order."""
-        out = []
-        for n, layers, alpha, seed in itertools.product(self.n_qubits or [base.student.n_qubits], self.layers,
-                                                        self.alpha, self.seeds):
-            # one student per kind per point: the grid's seeds take the place of train.seeds
-            point = {"student.n_qubits": n, "student.layers": layers, "train.alpha": alpha, "seed": seed,
-                     "train.seeds": 1}
-            if self.steps is not None:
-                point["train.steps"] = self.steps
-            out.append((f"q{n}-l{layers}-a{alpha:g}-s{seed}", point))
-        return out
-
-
-def resolve_grid(grid: SweepGrid, overrides: Overrides, project_root: str | None = None) -> list[RunConfig]:
-    """One RunConfig per grid point, all validated before anything runs (the label names a bad one)."""
-    if not (grid.layers and grid.alpha and grid.seeds):
-        raise ConfigError("sweep grid: layers, alpha and seeds each need at least one value")
-    base = resolve(overrides, project_root)
-    runs = []
-    for label, point in grid.points(base.params):
-        try:
-            runs.append(resolve(overrides, project_root, point, label))
-        except ConfigError as err:
-            raise ConfigError(f"sweep point {label}: {err}") from None
-    return runs
-
-
-def upstream_signature(run: RunConfig, stages: list[str]) -> tuple:
-    """Equal for runs whose `stages` get equal params (DVC restores the later ones from the run-cache)."""
-    spec = yaml.safe_load((run.project / "dvc.yaml").read_text())["stages"]
-    keys = sorted({k for s in stages for k in spec[s].get("params", [])})
-    values = run.params.model_dump(mode="json")
-    return tuple((k, repr(_value_at(values, k))) for k in keys)
-
-
-def _value_at(node: dict, key: str):
-    for part in key.split("."):
-        node = node[part]
-    return node

@@ -1,16 +1,6 @@
-"""The `qelm-pipeline` flow: prepare -> teacher -> train -> evaluate -> register, one Prefect task per stage.
+"""The `qelm-pipeline` flow: dvc.yaml's stages in order as one DVC experiment, one Prefect task per stage.
 
-A flow run is a DVC experiment (flows/experiment.py): the overrides are written into the params.yaml
-of a workspace of its own (what `dvc exp run -S key=value` does), each task runs `dvc repro
---single-item <stage>` there, and the run is saved with `dvc exp save`, so `dvc exp show` lists it
-with its params and metrics and `dvc exp apply <name>` brings it into the workspace. Work already
-done is DVC's business: a stage whose command, deps and params ran before is restored from DVC's
-run-cache (shared with the project), in seconds.
-
-Parameters are typed overrides of params.yaml (flows/params.py), validated by `load_params` before
-any stage starts. Missing teacher shards are scored on Dask (flows/runner.py: a LocalCluster of
-$QELM_DASK_WORKERS workers, or the scheduler at $QELM_DASK_ADDRESS) in the subflow
-`qelm-teacher-shards`; the teacher stage then only merges them, in order, byte-identically.
+Missing teacher shards are scored on Dask first (flows/runner.py); the teacher stage then only merges them.
 
     python -m flows.pipeline --set layers=4 --set steps=200      # one run, Prefect ephemeral mode
 """
@@ -27,7 +17,8 @@ from prefect import flow, unmapped
 from flows.experiment import Experiment, stage_names
 from flows.params import KEYS, Overrides, RunConfig, anchor
 from flows.runner import dask_runner
-from flows.tasks import experiment_name, open_run, pending_shards, publish_run, resolve_run, save_run, score_shard, stage
+from flows.tasks import (experiment_name, open_run, pending_shards, publish_run, resolve_run, save_run, score_shard,
+                         stage)
 from qelm_core.config import Params, QelmError
 
 
@@ -53,11 +44,8 @@ def run_stages(run: RunConfig, exp: Experiment, names: list[str]) -> dict[str, d
 
 @flow(name="qelm-pipeline", log_prints=True)
 def pipeline(overrides: Overrides = Overrides()) -> dict:
-    """The DVC pipeline as a DVC experiment, one task per stage, with typed overrides of params.yaml.
-
-    Runs in the project at $QELM_ROOT (default: the working directory); the experiment takes the
-    flow run's name, and so does its MLflow run.
-    """
+    """The DVC pipeline as a DVC experiment named after this flow run (so is its MLflow run), one task per
+    stage, with typed overrides of params.yaml; in the project at $QELM_ROOT (default: the working directory)."""
     run = resolve_run(overrides, os.environ.get("QELM_ROOT"))
     exp = open_run(run, experiment_name())
     results = run_stages(run, exp, stage_names(run.project))

@@ -1,31 +1,77 @@
-"""The `qelm-sweep` flow: many student configurations trained and evaluated in parallel, compared.
+"""The `qelm-sweep` flow: a grid of student configurations (quantum + equal-parameter classical twin,
+several seeds), each point its own DVC experiment, compared on ppl_full; the best quantum is registered.
 
-Grid: n_qubits x layers x alpha, each with several seeds (flows/params.py::SweepGrid); every point
-is a full set of params, validated before anything runs, and its own DVC experiment (as in
-qelm-pipeline). Each train run fits the quantum student and its equal-parameter classical twin, so
-the two kinds are compared on the same data and budget.
-
-Wiring, with the stage order from dvc.yaml:
-  * the stages before `train` run in this flow for the first point of each vocabulary (teacher
-    shards on Dask); every other point with the same upstream params gets them from DVC's run-cache;
-  * the remaining stages up to `evaluate` for all points in the subflow `qelm-sweep-grid` on the
-    Dask runner (flows/runner.py), each point's stages in order, the points side by side;
-  * `sweep-report`: table + Pareto plot logged to one MLflow run; then the stages from `register` on
-    in the experiment of the best quantum student (chosen on validation perplexity), which registers
-    it as `challenger`; every point is saved as a DVC experiment (`dvc exp show`).
-Re-running a sweep with one more seed trains only the new seed: the others are restored by DVC.
+The stages before `train` run here once per distinct upstream params (teacher shards on Dask); every
+other point gets them from DVC's run-cache in its own workspace. The points' remaining stages run side
+by side on the Dask runner; a rerun with one more seed trains only the new seed.
 """
 from __future__ import annotations
 
+import itertools
 import os
+from typing import Any
 
-from prefect import flow
+import yaml
+from prefect import flow, task
+from pydantic import BaseModel, ConfigDict, Field
 
 from flows.experiment import Experiment, stage_names
-from flows.params import Overrides, RunConfig, SweepGrid, upstream_signature
+from flows.params import Overrides, RunConfig, resolve
 from flows.pipeline import run_stages
 from flows.runner import dask_runner
-from flows.tasks import experiment_name, open_run, resolve_sweep, save_run, stage, sweep_report
+from flows.tasks import experiment_name, open_run, save_run, stage, sweep_report_task
+from qelm_core.config import ConfigError
+
+
+class SweepGrid(BaseModel):
+    """Student configurations to compare: every n_qubits x layers x alpha, each with every seed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_qubits: list[int] = Field(default_factory=list, description="student.n_qubits values; empty = params.yaml "
+                                "(compared on ppl_full, which is comparable across vocabulary sizes)")
+    layers: list[int] = Field([2, 4], description="student.layers values")
+    alpha: list[float] = Field([0.0, 0.5], description="train.alpha values (0 = no distillation, hard labels only)")
+    seeds: list[int] = Field([0, 1, 2], description="seeds per configuration (at least 3 for a spread)")
+    steps: int | None = Field(200, description="train.steps for every configuration (a short budget keeps a "
+                                                "12-point sweep in minutes); empty = params.yaml")
+
+    def points(self, n_default: int) -> list[tuple[str, dict[str, Any]]]:
+        """[(label, dotted overrides)] in a stable order; one student per kind per point (the grid's seeds
+        take the place of train.seeds)."""
+        out = []
+        for n, layers, alpha, seed in itertools.product(self.n_qubits or [n_default], self.layers, self.alpha, self.seeds):
+            point = {"student.n_qubits": n, "student.layers": layers, "train.alpha": alpha, "seed": seed, "train.seeds": 1}
+            out.append((f"q{n}-l{layers}-a{alpha:g}-s{seed}", point | ({"train.steps": self.steps} if self.steps is not None else {})))
+        return out
+
+
+@task(name="resolve-grid", tags=["qelm"])
+def resolve_grid(grid: SweepGrid, overrides: Overrides, project_root: str | None) -> list[RunConfig]:
+    """Every grid point validated (and named) before anything runs."""
+    if not (grid.layers and grid.alpha and grid.seeds):
+        raise ConfigError("sweep grid: layers, alpha and seeds each need at least one value")
+    runs = []
+    for label, point in grid.points(resolve(overrides, project_root).params.student.n_qubits):
+        try:
+            runs.append(resolve(overrides, project_root, point, label))
+        except ConfigError as err:
+            raise ConfigError(f"sweep point {label}: {err}") from None
+    return runs
+
+
+def upstream_signature(run: RunConfig, stages: list[str]) -> tuple:
+    """Equal for runs whose `stages` get equal params (dvc.yaml's params keys): DVC restores the later ones."""
+    spec = yaml.safe_load((run.project / "dvc.yaml").read_text())["stages"]
+    values = run.params.model_dump(mode="json")
+    keys = sorted({k for s in stages for k in spec[s].get("params", [])})
+    return tuple((key, repr(_value_at(key, values))) for key in keys)
+
+
+def _value_at(key: str, node: dict):
+    for part in key.split("."):
+        node = node[part]
+    return node
 
 
 @flow(name="qelm-sweep-grid", log_prints=True)
@@ -46,7 +92,7 @@ def sweep_grid(runs: list[RunConfig], exps: dict[str, Experiment], stages: dict[
 @flow(name="qelm-sweep", log_prints=True)
 def sweep(grid: SweepGrid = SweepGrid(), overrides: Overrides = Overrides()) -> dict:
     """Train and evaluate every grid point (quantum + classical twin), compare, register the best quantum."""
-    runs = resolve_sweep(grid, overrides, os.environ.get("QELM_ROOT"))
+    runs = resolve_grid(grid, overrides, os.environ.get("QELM_ROOT"))
     names = stage_names(runs[0].project)
     train, register = names.index("train"), names.index("register")
     upstream, per_point, final = names[:train], names[train:register], names[register:]
@@ -54,14 +100,14 @@ def sweep(grid: SweepGrid = SweepGrid(), overrides: Overrides = Overrides()) -> 
     stages, seen = {}, set()
     for run in runs:
         signature = upstream_signature(run, upstream)
-        if signature not in seen:  # computed once per vocabulary, here
+        if signature in seen:  # restored from the run-cache in the point's own workspace
+            stages[run.label] = upstream + per_point
+        else:  # computed once per distinct upstream params, here
             seen.add(signature)
             run_stages(run, exps[run.label], upstream)
             stages[run.label] = per_point
-        else:  # restored from the run-cache in the point's own workspace
-            stages[run.label] = upstream + per_point
     results = sweep_grid.with_options(task_runner=dask_runner())(runs, exps, stages)
-    report = sweep_report(grid, runs, results["train"], results["evaluate"])
+    report = sweep_report_task(grid, runs, results["train"], results["evaluate"])
     best = next(r for r in runs if r.label == report["best"])
     registered = run_stages(best, exps[best.label], final)
     for run in runs:

@@ -1,14 +1,7 @@
 """Prefect tasks: one per DVC stage (run in the flow run's DVC experiment), teacher shards, run links.
 
-Work already done is DVC's business (flows/experiment.py): a stage task runs `dvc repro
---single-item <stage>` in the run's workspace, and DVC restores it from the run-cache when the same
-command, deps and params ran before. The task logs the stage's output line by line (teacher shards
-done / total, training steps by tenths, every seed's validation perplexity at each evaluation and
-its best, the stage's metrics) and returns the stage's DVC metrics.
-
-Retries: only for failures that can pass by themselves -- the stage exited with EXIT_TRANSIENT
-(I/O, memory, network: loading the teacher, submitting circuits to IBM hardware), with exponential
-backoff and jitter. Bad input (exit 2, one line) and bugs are never retried.
+Retries only for failures that can pass by themselves (the stage exited with EXIT_TRANSIENT: I/O,
+memory, network, IBM service), with exponential backoff and jitter; bad input and bugs never.
 """
 from __future__ import annotations
 
@@ -17,23 +10,25 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from flows.experiment import Experiment, TransientStageFailure, open_experiment, run_stage, save_experiment, stage_env
-from flows.params import Overrides, RunConfig, resolve, resolve_grid
+from flows.params import Overrides, RunConfig, resolve
 from qelm_core import tracking
 from qelm_core.cli import is_transient
 from qelm_core.config import Params, Paths
+from qelm_core.lm import sweep_report
 from qelm_core.lm.stages import teacher as teacher_stage
 
 STAGE_TAG = "qelm-stage"
 SUMMARY = ("ppl_student", "ppl_classical", "ppl_bigram", "ppl_unigram", "ppl_teacher", "gap_recovered_student",
            "ppl_full_student", "ppl_full_classical", "ppl_full_teacher")
+RETRY = dict(retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_jitter_factor=0.5,
+             retry_condition_fn=lambda task, task_run, state: transient(state.result(raise_on_failure=False)))
 
 
-def transient_only(task, task_run, state) -> bool:
-    """retry_condition_fn: retry what may pass by itself, never bad input or a bug."""
-    exc = state.result(raise_on_failure=False)
+def transient(exc) -> bool:
     return isinstance(exc, TransientStageFailure) or is_transient(exc)
 
 
@@ -43,16 +38,8 @@ def resolve_run(overrides: Overrides, project_root: str | None, extra: dict | No
     return resolve(overrides, project_root, extra, label)
 
 
-@task(name="resolve-grid", tags=["qelm"])
-def resolve_sweep(grid, overrides: Overrides, project_root: str | None) -> list[RunConfig]:
-    """Every grid point validated (and named) before anything runs."""
-    return resolve_grid(grid, overrides, project_root)
-
-
 def experiment_name(label: str = "") -> str:
     """The Prefect flow run's name (+ a sweep point's label): the DVC experiment and the MLflow run name."""
-    from prefect.runtime import flow_run
-
     name = f"{flow_run.name or 'qelm'}-{str(flow_run.id or '')[:4]}"
     return f"{name}-{label}" if label else name
 
@@ -64,14 +51,10 @@ def open_run(run: RunConfig, name: str) -> Experiment:
     return exp
 
 
-@task(tags=[STAGE_TAG], retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=10),
-      retry_jitter_factor=0.5, retry_condition_fn=transient_only)
+@task(tags=[STAGE_TAG], retries=3, **RETRY)
 def stage_task(exp: Experiment, stage: str, tracking_uri: str) -> dict:
     """`dvc repro --single-item <stage>` in the run's workspace; its metrics, plus whether DVC reused it."""
-    from prefect.runtime import flow_run
-
-    logger = get_run_logger()
-    reused, metrics = run_stage(exp, stage, stage_env(exp, tracking_uri, str(flow_run.id or "")), logger.info)
+    reused, metrics = run_stage(exp, stage, stage_env(exp, tracking_uri, str(flow_run.id or "")), get_run_logger().info)
     return {**metrics, "dvc_reused": reused}
 
 
@@ -82,14 +65,10 @@ def stage(name: str, label: str = ""):
 
 @task(name="save-experiment", tags=["qelm"])
 def save_run(exp: Experiment, stages: list[str], tracking_uri: str) -> str:
-    """`dvc exp save` of the stages the run went through (a sweep point that was not registered
-    has no register outputs)."""
+    """`dvc exp save` of the stages the run went through (an unregistered sweep point has no register outputs)."""
     ref = save_experiment(exp, stages, stage_env(exp, tracking_uri, None))
     get_run_logger().info("saved as DVC experiment %s (`dvc exp show`, `dvc exp apply %s`)", exp.name, exp.name)
     return ref
-
-
-# ------------------------------------------------------------------ teacher inference, sharded
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,31 +84,18 @@ def pending_shards(params: Params, root: Path) -> list:
     return teacher_stage.pending_shards(params, Paths(root))
 
 
-@task(name="teacher-shard", task_run_name="shard-{job.split}-{job.index}", tags=["teacher-shard"],
-      retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_jitter_factor=0.5,
-      retry_condition_fn=transient_only)
+@task(name="teacher-shard", task_run_name="shard-{job.split}-{job.index}", tags=["teacher-shard"], retries=2, **RETRY)
 def score_shard(params: Params, root: Path, job) -> str:
     """Score one shard into its own file (loading the teacher is the transient part, hence retries)."""
     from qelm_core.lm.teacher import resolve_teacher, shard_path
 
-    model = _teacher_model(resolve_teacher(params.teacher.model))
-    teacher_stage.score_shards(params, Paths(root), [job], model)
+    teacher_stage.score_shards(params, Paths(root), [job], _teacher_model(resolve_teacher(params.teacher.model)))
     return str(shard_path(job.folder, job.index))
-
-
-# ------------------------------------------------------------------ the MLflow run, shown in Prefect
-
-
-def _metrics_table(metrics: dict, keys: tuple[str, ...]) -> str:
-    rows = [f"| {k} | {metrics[k]:.4g} |" for k in keys if isinstance(metrics.get(k), (int, float))]
-    return "\n".join(["| metric | value |", "|---|---|", *rows])
 
 
 @task(name="mlflow-link", tags=["qelm"])
 def publish_run(run: RunConfig, exp: Experiment, results: dict) -> str | None:
     """Link the Prefect run to its MLflow run (markdown artifact + log line); tag it with every output's md5."""
-    from prefect.runtime import flow_run
-
     logger = get_run_logger()
     run_id = (results.get("train") or {}).get("mlflow_run_id")
     if not run_id:
@@ -139,41 +105,29 @@ def publish_run(run: RunConfig, exp: Experiment, results: dict) -> str | None:
     url = tracking.run_url(run_id)
     tracking.tag_run(run_id, {"prefect.last_flow_run_id": str(flow_run.id), "dvc.exp_name": exp.name,
                               **{f"dvc.md5.{k}": v for k, v in tracking.dvc_out_hashes(Paths(exp.root)).items()}})
-    stages = "\n".join(f"| {s} | {'restored by DVC' if r.get('dvc_reused') else 'ran'} |" for s, r in results.items())
+    metrics = results.get("evaluate") or {}
+    table = [f"| {k} | {metrics[k]:.4g} |" for k in SUMMARY if isinstance(metrics.get(k), (int, float))]
+    stages = [f"| {s} | {'restored by DVC' if r.get('dvc_reused') else 'ran'} |" for s, r in results.items()]
     create_markdown_artifact(
         key="mlflow-run", description="MLflow run and DVC experiment of this pipeline run",
-        markdown=f"## MLflow run\n[{run_id}]({url})\n\nDVC experiment `{exp.name}`: `dvc exp show`, "
-                 f"`dvc exp apply {exp.name}`\n\n{_metrics_table(results.get('evaluate') or {}, SUMMARY)}\n\n"
-                 f"| stage | work |\n|---|---|\n{stages}\n")
+        markdown="\n".join([f"## MLflow run\n[{run_id}]({url})\n", f"DVC experiment `{exp.name}`: `dvc exp show`, "
+                            f"`dvc exp apply {exp.name}`\n", "| metric | value |", "|---|---|", *table, "",
+                            "| stage | work |", "|---|---|", *stages]))
     logger.info("MLflow run %s: %s", run_id, url)
     return url
 
 
-# ------------------------------------------------------------------ sweep
-
-
 @task(name="sweep-report", tags=["qelm"])
-def sweep_report(grid, runs: list[RunConfig], train: dict[str, dict], evaluate: dict[str, dict]) -> dict:
+def sweep_report_task(grid, runs: list[RunConfig], train: dict[str, dict], evaluate: dict[str, dict]) -> dict:
     """Comparison table + Pareto plot -> one MLflow run and a Prefect artifact; names the best quantum student."""
-    from prefect.runtime import flow_run
-
-    from qelm_core.lm import sweep_report as report
-
     points = {r.label: {"n_qubits": r.params.student.n_qubits, "layers": r.params.student.layers,
                         "alpha": r.params.train.alpha, "seed": r.params.seed} for r in runs}
-    table = report.rows(points, train, evaluate)
-    summary = report.summarize(table)
-    best = report.registered_winner(table)  # lowest validation ppl_full over every vocabulary size
     project = Paths(runs[0].project)
-    out = project.root / ".qelm" / "sweeps" / str(flow_run.id)
-    files = report.write_files(out, project.plots, table, summary)
-    run_id = tracking.log_sweep(project, grid.model_dump(), table, summary, files,
-                                {k: best[k] for k in ("ppl_full", "val_ppl_full", "test_ppl", "val_ppl", "params", "bytes",
-                                                 "n_qubits", "mlflow_run_id")})
-    for mlflow_run in {r["mlflow_run_id"] for r in table if r["mlflow_run_id"]}:
-        tracking.tag_run(mlflow_run, {"prefect.last_flow_run_id": str(flow_run.id), "qelm.sweep_run_id": run_id})
-    url = tracking.run_url(run_id)
-    create_markdown_artifact(key="sweep", markdown=report.markdown(summary, table, best, url),
+    report = sweep_report.publish(project, grid.model_dump(), points, train, evaluate,
+                                  project.root / ".qelm" / "sweeps" / str(flow_run.id),
+                                  {"prefect.last_flow_run_id": str(flow_run.id)})
+    create_markdown_artifact(key="sweep", markdown=report.pop("markdown"),
                              description="quantum vs classical students over the grid")
-    get_run_logger().info("sweep MLflow run %s: %s; best quantum student %s", run_id, url, best["label"])
-    return {"mlflow_run_id": run_id, "url": url, "best": best["label"], "folder": str(out)}
+    get_run_logger().info("sweep MLflow run %s: %s; best quantum student %s", report["mlflow_run_id"], report["url"],
+                          report["best"]["label"])
+    return {**report, "best": report["best"]["label"]}

@@ -228,7 +228,7 @@ def test_invalid_override_fails_the_run_before_any_stage(harness, project, calls
 def test_sweep_shares_upstream_work_compares_and_registers_the_best(harness, project, calls, monkeypatch):
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows.params import SweepGrid
+    from flows.sweep import SweepGrid
     from flows.sweep import sweep
 
     monkeypatch.setattr("flows.sweep.dask_runner", lambda *args: ThreadPoolTaskRunner(max_workers=2))

@@ -14,6 +14,8 @@ import io
 import statistics
 from pathlib import Path
 
+from qelm_core import tracking
+from qelm_core.config import Paths
 from qelm_core.io import atomic_write_text
 from qelm_core.plots import pareto_plot
 
@@ -123,3 +125,20 @@ def markdown(summary: list[dict], table: list[dict], registered: dict, url: str)
                      f"{r['ppl_full_teacher']:.1f}; over V: unigram {r['ppl_unigram']:.3f}, bigram {r['ppl_bigram']:.3f}, "
                      f"teacher {r['ppl_teacher']:.3f}")
     return "\n".join(lines)
+
+
+def publish(project: Paths, grid: dict, points: dict[str, dict], train: dict[str, dict], evaluate: dict[str, dict],
+            out: Path, tags: dict[str, str]) -> dict:
+    """Table, summary and files of a sweep -> one MLflow run (its id tagged onto every point's run, with `tags`).
+    -> {mlflow_run_id, url, best (the registered winner's row), markdown, folder}."""
+    table = rows(points, train, evaluate)
+    summary = summarize(table)
+    best = registered_winner(table)
+    files = write_files(out, project.plots, table, summary)
+    keys = ("ppl_full", "val_ppl_full", "test_ppl", "val_ppl", "params", "bytes", "n_qubits", "mlflow_run_id")
+    run_id = tracking.log_sweep(project, grid, table, summary, files, {k: best[k] for k in keys})
+    for point_run in {r["mlflow_run_id"] for r in table if r["mlflow_run_id"]}:
+        tracking.tag_run(point_run, {**tags, "qelm.sweep_run_id": run_id})
+    url = tracking.run_url(run_id)
+    return {"mlflow_run_id": run_id, "url": url, "best": best, "markdown": markdown(summary, table, best, url),
+            "folder": str(out)}
