@@ -19,8 +19,7 @@ from typing import Any, Callable
 
 import yaml
 
-from qelm_core.cli import EXIT_TRANSIENT
-from qelm_core.config import ConfigError, QelmError
+from qelm_core.config import EXIT_TRANSIENT, ConfigError, QelmError
 
 FOLDER = Path(".dvc") / "tmp" / "qelm-flows"  # inside .dvc/: DVC and git never look there
 REUSED = ("is cached - skipping run", "didn't change, skipping")  # run-cache hit / unchanged

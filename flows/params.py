@@ -94,7 +94,7 @@ def preflight(params: Params, paths: Paths) -> None:
     """Fail in seconds on what would otherwise fail minutes later: device, gradient method, teacher, server."""
     from qelm_core import tracking
     from qelm_core.quantum.devices import diff_method_for
-    from qelm_core.lm.teacher import resolve_teacher
+    from qelm_core.llm import resolve_teacher
 
     diff_method_for(params.device, training=False)
     resolve_teacher(params.teacher.model)

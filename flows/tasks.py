@@ -16,8 +16,7 @@ from prefect.tasks import exponential_backoff
 from flows.experiment import Experiment, TransientStageFailure, open_experiment, run_stage, save_experiment, stage_env
 from flows.params import Overrides, RunConfig, resolve
 from qelm_core import tracking
-from qelm_core.cli import is_transient
-from qelm_core.config import Params, Paths
+from qelm_core.config import Params, Paths, is_transient
 from qelm_core.lm import sweep_report
 from qelm_core.lm.stages import teacher as teacher_stage
 
@@ -74,7 +73,7 @@ def save_run(exp: Experiment, stages: list[str], tracking_uri: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _teacher_model(source):
     """One teacher per worker process, loaded on its first shard and kept for the next ones."""
-    from qelm_core.lm.teacher import load_teacher
+    from qelm_core.llm import load_teacher
 
     return load_teacher(source)
 
@@ -87,7 +86,8 @@ def pending_shards(params: Params, root: Path) -> list:
 @task(name="teacher-shard", task_run_name="shard-{job.split}-{job.index}", tags=["teacher-shard"], retries=2, **RETRY)
 def score_shard(params: Params, root: Path, job) -> str:
     """Score one shard into its own file (loading the teacher is the transient part, hence retries)."""
-    from qelm_core.lm.teacher import resolve_teacher, shard_path
+    from qelm_core.llm import resolve_teacher
+    from qelm_core.lm.teacher import shard_path
 
     teacher_stage.score_shards(params, Paths(root), [job], _teacher_model(resolve_teacher(params.teacher.model)))
     return str(shard_path(job.folder, job.index))

@@ -17,20 +17,7 @@ from pathlib import Path
 import typer
 
 from qelm_core import threads
-from qelm_core.config import Paths, QelmError, load_params
-
-EXIT_TRANSIENT = 75  # sysexits EX_TEMPFAIL: a stage failed on something that may pass by itself (flows retry it)
-TRANSIENT_ERRORS = (OSError, MemoryError, TimeoutError)  # OSError covers ConnectionError and requests' errors
-TRANSIENT_MODULES = ("qiskit_ibm_runtime", "requests", "urllib3", "httpx")
-PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
-
-
-def is_transient(err: BaseException) -> bool:
-    """I/O, memory, network and IBM-service errors; never bad input (QelmError) or a bug."""
-    if isinstance(err, (QelmError, *PERMANENT_OS_ERRORS)):  # the same input fails the same way again
-        return False
-    return isinstance(err, TRANSIENT_ERRORS) or type(err).__module__.split(".")[0] in TRANSIENT_MODULES
-
+from qelm_core.config import EXIT_TRANSIENT, Paths, QelmError, is_transient, load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="qelm: distil an LLM into a quantum student.")
 PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params file")

@@ -23,6 +23,19 @@ class ConfigError(QelmError):
     pass
 
 
+EXIT_TRANSIENT = 75  # sysexits EX_TEMPFAIL: a stage failed on something that may pass by itself (flows retry it)
+TRANSIENT_ERRORS = (OSError, MemoryError, TimeoutError)  # OSError covers ConnectionError and requests' errors
+TRANSIENT_MODULES = ("qiskit_ibm_runtime", "requests", "urllib3", "httpx")
+PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def is_transient(err: BaseException) -> bool:
+    """I/O, memory, network and IBM-service errors; never bad input (QelmError) or a bug."""
+    if isinstance(err, (QelmError, *PERMANENT_OS_ERRORS)):  # the same input fails the same way again
+        return False
+    return isinstance(err, TRANSIENT_ERRORS) or type(err).__module__.split(".")[0] in TRANSIENT_MODULES
+
+
 class Strict(BaseModel):
     """The base of every params model of both pipelines: unknown keys are errors, values frozen."""
 

@@ -258,9 +258,9 @@ def test_only_transient_failures_are_retried(harness, project, calls, monkeypatc
     import flows.tasks
     from flows.params import Overrides
     from flows.pipeline import pipeline
-    from qelm_core.cli import EXIT_TRANSIENT, is_transient
+    from qelm_core.config import EXIT_TRANSIENT, is_transient
     from qelm_core.config import ConfigError
-    from qelm_core.lm.teacher import TeacherError
+    from qelm_core.llm import TeacherError
 
     assert not is_transient(ConfigError("bad input")) and not is_transient(TeacherError("not a model"))
     assert not is_transient(ValueError("a bug")) and not is_transient(FileNotFoundError("params.yaml"))

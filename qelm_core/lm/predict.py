@@ -20,7 +20,7 @@ class NextTokenPredictor:
 
     @classmethod
     def from_folder(cls, folder: str | Path, teacher_model: str = "smollm2", with_tokenizer: bool = True):
-        from qelm_core.lm.teacher import load_tokenizer, resolve_teacher
+        from qelm_core.llm import load_tokenizer, resolve_teacher
 
         model, config = load_student(folder)
         if "vocab" not in config:

@@ -71,7 +71,7 @@ def test_prepare_rejects_bad_corpus_and_writes_nothing(tmp_path, content, messag
 def test_prepare_roundtrips_ids_to_text(tmp_path):
     from qelm_core.lm.data import load_prepared
     from qelm_core.lm.stages import prepare
-    from qelm_core.lm.teacher import load_tokenizer, resolve_teacher
+    from qelm_core.llm import load_tokenizer, resolve_teacher
     from tests.conftest import shakespeare_text
 
     (tmp_path / "c.txt").write_text(shakespeare_text(4000))

@@ -5,7 +5,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from qelm_core.config import TeacherParams
-from qelm_core.lm.teacher import TeacherError, plan_windows, resolve_teacher
+from qelm_core.llm import TeacherError, resolve_teacher
+from qelm_core.lm.teacher import plan_windows
 
 
 @pytest.mark.parametrize("n, window, stride", [(10, 4, 3), (100, 64, 48), (64, 64, 64), (5, 8, 2), (2, 2, 1)])
@@ -48,7 +49,7 @@ def test_not_a_model_is_a_clear_error(tmp_path):
 
 
 def test_broken_gguf_fails_to_load_with_one_line(tmp_path):
-    from qelm_core.lm.teacher import load_teacher
+    from qelm_core.llm import load_teacher
 
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\x00" * 64)

@@ -11,7 +11,7 @@ from qelm_core.config import Params, Paths
 from qelm_core.lm.data import (SPLITS, CorpusError, build_vocab, clean_text, document_facts, find_documents,
                             split_stream, write_prepared)
 from qelm_core.io import atomic_dir
-from qelm_core.lm.teacher import load_tokenizer, resolve_teacher
+from qelm_core.llm import load_tokenizer, resolve_teacher
 from qelm_core.validation import validate_documents, validate_prepared
 
 

@@ -19,7 +19,8 @@ from qelm_core.lm.data import SPLITS, load_prepared
 from qelm_core.lm.evaluate import perplexity, ppl_uniform, ppl_unigram, target_probs
 from qelm_core.io import atomic_dir, atomic_write_json
 from qelm_core.progress import progress_bar
-from qelm_core.lm.teacher import load_teacher, merge_shards, resolve_teacher, score_shard, shard_dir, shard_path, shard_plan
+from qelm_core.llm import load_teacher, resolve_teacher
+from qelm_core.lm.teacher import merge_shards, score_shard, shard_dir, shard_path, shard_plan
 from qelm_core.validation import validate_teacher
 
 
