@@ -114,17 +114,22 @@ class DeviceParams(Strict):
     torch_device: str = "cpu"
 
 
-class TrainParams(Strict):
-    alpha: float = Field(0.5, ge=0, le=1)  # weight of the KD term
+class FitParams(Strict):
+    """What both pipelines' training loops (qelm_core/training.py) read: each `train` section extends it."""
+
+    alpha: float = Field(0.5, ge=0, le=1)  # loss = (1 - alpha) CE + alpha T^2 KL(teacher_T || student_T)
     temperature: float = Field(2.0, gt=0)
     lr: float = Field(0.05, gt=0)
     batch_size: int = Field(256, ge=1)
+    patience: int = Field(0, ge=0)  # evaluations without improvement before stopping; 0 = off
+
+
+class TrainParams(FitParams):
     steps: int = Field(3000, ge=1)
     schedule: Literal["constant", "cosine"] = "cosine"  # lr: constant, or cosine decay to 0 over `steps`
     seeds: int = Field(3, ge=1)  # students trained per kind: seeds seed, seed+1, ... (mean +- sd reported)
     eval_every: int = Field(100, ge=1)
     checkpoint_every: int = Field(100, ge=1)
-    early_stop_patience: int = Field(0, ge=0)  # evaluations without improvement; 0 = off
 
 
 class EvaluateParams(Strict):

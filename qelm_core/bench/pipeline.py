@@ -133,7 +133,7 @@ def bench_training(params: Params, paths: Paths, cfg: BenchConfig) -> dict:
     val = SplitData(val.contexts[:m], val.targets[:m], val.teacher[:m])
     steps = cfg.train_steps
     tp = params.train.model_copy(update={"steps": steps, "eval_every": steps, "checkpoint_every": steps,
-                                         "early_stop_patience": 0})
+                                         "patience": 0})
     model = build_student(params, torch.as_tensor(counts, dtype=torch.float64))
     torch_threads = policy.use(policy.student_work(params.student.n_qubits, tp.batch_size))  # as train_job
     with tempfile.TemporaryDirectory() as tmp:

@@ -34,9 +34,10 @@ COMPETITOR = "1 python busy-loop process (`while True: pass`), SIGCONT for busy 
 
 
 def _student_step(params: Params, kind: str) -> Callable[[], None]:
-    """distill.train's step for params' student of `kind` on a fixed random batch (no data needed)."""
-    from qelm_core.lm.distill import kd_loss
+    """One step of the training loop (qelm_core/training.py) for params' student of `kind`, on a fixed
+    random batch (no data needed)."""
     from qelm_core.lm.student import build_student
+    from qelm_core.training import kd_loss
 
     p = params.model_copy(update={"student": params.student.model_copy(update={"kind": kind})})
     model, tp, device = build_student(p), p.train, p.device.torch_device

@@ -14,7 +14,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from qelm_core.config import RegistryParams, RootPaths, Strict, leaves_test_split, read_params_file, validate_params
+from qelm_core.config import (FitParams, RegistryParams, RootPaths, Strict, leaves_test_split, read_params_file,
+                              validate_params)
 
 DEFAULT_PARAMS = Path("classify/params.yaml")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -83,13 +84,10 @@ class StudentParams(Strict):
     mlp_hidden: int = Field(0, ge=0)  # 0 = the largest width with params <= the quantum total
 
 
-class TrainParams(Strict):
-    alpha: float = Field(0.5, ge=0, le=1)  # loss = (1 - alpha) CE + alpha T^2 KL(teacher_T || student_T)
-    temperature: float = Field(2.0, gt=0)
+class TrainParams(FitParams):  # patience counts epochs (one evaluation each) without a val-accuracy gain
     lr: float = Field(0.01, gt=0)
-    epochs: int = Field(8, ge=1)
     batch_size: int = Field(64, ge=1)
-    patience: int = Field(0, ge=0)  # epochs without val-accuracy gain before stopping; 0 = off
+    epochs: int = Field(8, ge=1)
 
 
 class EvaluateParams(Strict):

@@ -1,19 +1,19 @@
 """Distillation of a classifier student: the same loop, loss, data and budget for every student kind.
 
 loss = (1 - alpha) * CE(student, label) + alpha * T^2 * KL(softmax(teacher_logits / T) || softmax(student / T))
-(qelm_core.lm.distill.kd_loss, fed the student's log-probs and the teacher's probabilities). Adam, minibatches
-in an order drawn from (seed, epoch); after each epoch the validation accuracy is measured and the
-best epoch's weights are kept (ties: the lower validation CE). With a checkpoint path, every epoch ends
-in a checkpoint (the LM loop's format, qelm_core/lm/distill.py: model + Adam state + loop state, safetensors)
-and a rerun with the same key resumes after the last finished epoch, ending with the same weights.
+The loop is the LM's (qelm_core/training.py: Adam, KD loss, checkpoints that resume exactly), walked in
+epochs: an epoch is ceil(N / batch_size) steps over minibatches in an order drawn from (seed, epoch), and
+ends in an evaluation (the validation accuracy; ties: the lower validation CE) and, with a checkpoint path,
+a checkpoint. The best epoch's weights are kept; a rerun with the same key resumes after the last finished
+epoch and ends with the same weights.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qelm_core.lm.distill import checkpoint_state, kd_loss, load_checkpoint, save_checkpoint
+from qelm_core import training
 
 
 @dataclass
@@ -61,7 +61,8 @@ def fit_key(config: dict, *splits: SplitTensors) -> str:
     from qelm_core.classify import models
     from qelm_core.io import code_digest
 
-    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode() + code_digest(sys.modules[__name__], models).encode())
+    code = code_digest(sys.modules[__name__], training, models)
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode() + code.encode())
     for split in splits:
         for t in (split.x, split.y, split.teacher_logits):
             h.update(t.numpy().tobytes())
@@ -72,51 +73,32 @@ def fit(model, train: SplitTensors, val: SplitTensors, tp, seed: int, on_epoch=N
         checkpoint: Path | None = None, key: str = "") -> FitResult:
     """Train `model` in place with TrainParams `tp`; on return it holds its best-validation weights.
     `checkpoint` (+ `key`, fit_key): resume from it and write it after every epoch."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=tp.lr)
+    n = len(train.y)
+    per_epoch = math.ceil(n / tp.batch_size)  # steps
     teacher_p = torch.softmax(train.teacher_logits, dim=-1)  # (N, C); kd_loss applies T itself
-    state = {"key": key, "epoch": 0, "history": [], "best_acc": -1.0, "best_ce": math.inf, "best_epoch": 0,
-             "stale": 0, "seconds": 0.0}
-    best_path = checkpoint.with_name(checkpoint.stem + ".best.safetensors") if checkpoint else None
-    best = None  # the best epoch's weights (in memory; on disk too with a checkpoint)
-    if checkpoint and checkpoint.is_file() and best_path.is_file() and checkpoint_state(checkpoint).get("key") == key:
-        state = load_checkpoint(checkpoint, model, optimizer)
-    start = time.perf_counter() - state["seconds"]
-    while state["epoch"] < tp.epochs and not (tp.patience and state["stale"] >= tp.patience):
-        epoch = state["epoch"] + 1
-        model.train()
-        order, total = epoch_order(seed, epoch, len(train.y)), 0.0
-        for i in range(0, len(order), tp.batch_size):
-            idx = order[i: i + tp.batch_size]
-            logp = F.log_softmax(model(train.x[idx]), dim=-1)  # (b, C)
-            loss = kd_loss(logp, teacher_p[idx], train.y[idx], tp.alpha, tp.temperature)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
+    order = functools.lru_cache(maxsize=1)(lambda epoch: epoch_order(seed, epoch, n))  # drawn once per epoch
+
+    def batch_at(step: int) -> tuple:
+        epoch, i = divmod(step - 1, per_epoch)
+        idx = order(epoch + 1)[i * tp.batch_size: (i + 1) * tp.batch_size]  # (b,), the last one may be short
+        return train.x[idx], teacher_p[idx], train.y[idx]
+
+    def validate(model) -> tuple[tuple, dict]:
         logits = predict_logits(model, val.x)
         acc = float((logits.argmax(1) == val.y).float().mean())
         ce = float(F.cross_entropy(logits, val.y))
-        row = {"epoch": epoch, "train_loss": total / len(order), "val_accuracy": acc, "val_ce": ce}
-        state["history"].append(row)
-        if on_epoch:
-            on_epoch(row)
-        if acc > state["best_acc"] or (acc == state["best_acc"] and ce < state["best_ce"]):
-            state.update(best_acc=acc, best_ce=ce, best_epoch=epoch, stale=0)
-            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if checkpoint:
-                save_checkpoint(best_path, model, optimizer, {"epoch": epoch})
-        else:
-            state["stale"] += 1
-        state.update(epoch=epoch, seconds=time.perf_counter() - start)
-        if checkpoint:
-            save_checkpoint(checkpoint, model, optimizer, state)
-    if best is not None:
-        model.load_state_dict(best)
-    elif checkpoint:  # resumed after the best epoch: its weights are on disk
-        load_checkpoint(best_path, model, torch.optim.Adam(model.parameters(), lr=tp.lr))
+        return (-acc, ce), {"val_accuracy": acc, "val_ce": ce}  # higher accuracy first, then lower CE
+
+    def epoch_row(row: dict) -> dict:
+        return {"epoch": row["step"] // per_epoch, **{k: v for k, v in row.items() if k != "step"}}
+
+    r = training.fit(model, batch_at, validate, steps=tp.epochs * per_epoch, eval_every=per_epoch,
+                     checkpoint_every=per_epoch, lr=tp.lr, alpha=tp.alpha, temperature=tp.temperature,
+                     patience=tp.patience, logits=True, train_loss="mean", checkpoint=checkpoint, key=key,
+                     on_eval=(lambda row: on_epoch(epoch_row(row))) if on_epoch else None)
     model.eval()
-    return FitResult(time.perf_counter() - start, len(state["history"]), state["best_epoch"], state["best_acc"],
-                     state["history"])
+    history = [epoch_row(row) for row in r.history]
+    return FitResult(r.seconds, len(history), r.best_step // per_epoch, -r.best_score[0], history)
 
 
 def student_inputs(params, paths, name: str):

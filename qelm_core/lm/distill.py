@@ -1,13 +1,10 @@
-"""Knowledge distillation: the loss, the training loop, checkpoints that resume exactly.
+"""Distillation of the LM students: data, the per-step batches, one training job per (kind, seed), seeds
+in worker processes, the summary over seeds.
 
-loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, next token)
-where x_T = normalise(p^(1/T)) = softmax(log p / T) -- for the Born machine this is literally
-the measured probabilities sharpened/flattened, for the classical student it equals logits / T.
-
-Exact resume: the batch of step s is drawn from a generator seeded with (seed, s), so no sampler
-state has to be saved; weights, Adam state, the lr schedule's state, history and best-so-far go into
-one safetensors file (+ JSON), written atomically every `checkpoint_every` steps.
-Schedule (`train.schedule`): constant lr, or torch's CosineAnnealingLR from `lr` to 0 over `steps`.
+The loop itself -- KD loss, Adam, lr schedule (`train.schedule`: constant, or cosine from `lr` to 0 over
+`steps`), early stop, checkpoints that resume exactly -- is qelm_core/training.py, shared with the
+classifier. The batch of step s is drawn from a generator seeded with (seed, s), so a resumed run sees
+the batches an uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -15,7 +12,6 @@ import hashlib
 import json
 import math
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,20 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qelm_core import training
 from qelm_core.config import TrainParams
-from qelm_core.io import atomic_write_bytes, atomic_write_text, code_digest
-
-
-def kd_loss(student_logp: torch.Tensor, teacher_p: torch.Tensor, targets: torch.Tensor,
-            alpha: float, temperature: float) -> torch.Tensor:
-    """student_logp (B, V) log-probs, teacher_p (B, V) probs, targets (B,) -> scalar loss."""
-    ce = F.nll_loss(student_logp, targets)
-    if alpha == 0:
-        return ce
-    s_t = F.log_softmax(student_logp / temperature, dim=1)
-    t_t = F.log_softmax(torch.log(teacher_p.clamp_min(1e-12)) / temperature, dim=1)
-    kl = (t_t.exp() * (t_t - s_t)).sum(1).mean()
-    return alpha * temperature**2 * kl + (1 - alpha) * ce
+from qelm_core.io import atomic_write_text, code_digest
 
 
 @dataclass
@@ -78,104 +63,29 @@ def run_key(config: dict) -> str:
     from qelm_core.quantum import circuits, fused
     from qelm_core.lm import student
 
-    code = code_digest(sys.modules[__name__], student, circuits, fused)
+    code = code_digest(sys.modules[__name__], training, student, circuits, fused)
     return hashlib.sha256(json.dumps({**config, "code": code}, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
-    from safetensors.torch import save
-
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
-    for idx, slot in opt["state"].items():
-        for name, value in slot.items():
-            tensors[f"opt.{idx}.{name}"] = torch.as_tensor(value).detach().contiguous()
-    meta = {"state": json.dumps(state), "param_groups": json.dumps(opt["param_groups"])}
-    atomic_write_bytes(path, save(tensors, metadata=meta))
-
-
-def checkpoint_state(path: Path) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads(f.metadata()["state"])
-
-
-def load_checkpoint(path: Path, model, optimizer) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-        meta = f.metadata()
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    opt_state: dict = {}
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, idx, name = key.split(".", 2)
-            opt_state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["param_groups"])})
-    return json.loads(meta["state"])
-
-
-def lr_schedule(optimizer, tp: TrainParams):
-    """None (constant lr) or the scheduler stepped once per training step."""
-    if tp.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tp.steps)
-    return None
 
 
 def train(model, train_data: SplitData, val_data: SplitData, tp: TrainParams, seed: int, checkpoint: Path,
           key: str, on_eval: Callable[[dict], None] | None = None, progress=None) -> TrainResult:
-    """Train `model` in place; on return it holds the best-validation weights."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=tp.lr)
-    scheduler = lr_schedule(optimizer, tp)
-    state = {"key": key, "step": 0, "history": [], "best_val": math.inf, "best_step": 0, "seconds": 0.0,
-             "bad_evals": 0, "scheduler": None}
-    best_path = checkpoint.with_name(checkpoint.stem + ".best.safetensors")
-    if checkpoint.is_file() and checkpoint_state(checkpoint).get("key") == key:  # else: another run's, ignore
-        state = load_checkpoint(checkpoint, model, optimizer)
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
+    """Train `model` in place; on return it holds the best-validation weights (lowest perplexity)."""
     n = len(train_data.targets)
-    task = progress.add_task("train", total=tp.steps, completed=state["step"]) if progress else None
-    start = time.perf_counter() - state["seconds"]
-    while state["step"] < tp.steps:
-        step = state["step"] + 1
-        idx = batch_indices(seed, step, n, tp.batch_size)
-        logp = model(train_data.contexts[idx])
-        loss = kd_loss(logp, train_data.teacher[idx].float(), train_data.targets[idx], tp.alpha, tp.temperature)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-            state["scheduler"] = scheduler.state_dict()
-        state["step"] = step
-        if task is not None:
-            progress.advance(task)
-        if step % tp.eval_every == 0 or step == tp.steps:
-            val_ppl = math.exp(mean_nll(model, val_data))
-            row = {"step": step, "train_loss": loss.item(), "val_ppl": val_ppl}
-            state["history"].append(row)
-            if on_eval:
-                on_eval(row)
-            if val_ppl < state["best_val"]:
-                state.update(best_val=val_ppl, best_step=step, bad_evals=0)
-                save_checkpoint(best_path, model, optimizer, {"step": step})
-            else:
-                state["bad_evals"] += 1
-            if tp.early_stop_patience and state["bad_evals"] >= tp.early_stop_patience:
-                state["seconds"] = time.perf_counter() - start
-                save_checkpoint(checkpoint, model, optimizer, state)
-                break
-        if step % tp.checkpoint_every == 0 or step == tp.steps:
-            state["seconds"] = time.perf_counter() - start
-            save_checkpoint(checkpoint, model, optimizer, state)
-    seconds = time.perf_counter() - start
-    load_checkpoint(best_path, model, torch.optim.Adam(model.parameters(), lr=tp.lr))
-    return TrainResult(steps=state["step"], seconds=seconds, samples_per_s=state["step"] * tp.batch_size / seconds,
-                       best_val_ppl=state["best_val"], final_train_loss=state["history"][-1]["train_loss"],
-                       history=state["history"])
+
+    def batch_at(step: int) -> tuple:
+        idx = batch_indices(seed, step, n, tp.batch_size)  # (B,)
+        return train_data.contexts[idx], train_data.teacher[idx].float(), train_data.targets[idx]
+
+    def validate(model) -> tuple[float, dict]:
+        val_ppl = math.exp(mean_nll(model, val_data))
+        return val_ppl, {"val_ppl": val_ppl}
+
+    r = training.fit(model, batch_at, validate, steps=tp.steps, eval_every=tp.eval_every,
+                     checkpoint_every=tp.checkpoint_every, lr=tp.lr, alpha=tp.alpha, temperature=tp.temperature,
+                     patience=tp.patience, schedule=tp.schedule, checkpoint=checkpoint, key=key, on_eval=on_eval,
+                     progress=progress)
+    return TrainResult(steps=r.steps, seconds=r.seconds, samples_per_s=r.steps * tp.batch_size / r.seconds,
+                       best_val_ppl=r.best_score, final_train_loss=r.history[-1]["train_loss"], history=r.history)
 
 
 def split_data(contexts: np.ndarray, targets: np.ndarray, teacher: np.ndarray) -> SplitData:

@@ -71,11 +71,11 @@ def test_teacher_head_fits_a_linear_problem_and_prefers_more_l2_on_ties():
 
 @pytest.mark.parametrize("kill_epoch", [3, 5])  # 3: the best epoch is still ahead; 5: it may be behind (on disk)
 def test_killed_fit_resumes_to_the_same_weights(tmp_path, kill_epoch):
-    """The classifier's loop checkpoints every epoch in the LM loop's format: killed after epoch k and
+    """The classifier's loop (the LM's, qelm_core/training.py) checkpoints every epoch: killed after epoch k and
     rerun with the same key, it continues at k + 1 and ends with the weights of an uninterrupted fit;
     a checkpoint under another key is ignored."""
     from qelm_core.classify.train import fit_key
-    from qelm_core.lm.distill import checkpoint_state
+    from qelm_core.training import checkpoint_state
 
     data = _fixed_split()
     mean, std = standardiser(data["train"].x.numpy())
@@ -98,7 +98,7 @@ def test_killed_fit_resumes_to_the_same_weights(tmp_path, kill_epoch):
     path = tmp_path / "fit.safetensors"
     with pytest.raises(Killed):
         fit(model(), data["train"], data["val"], tp, seed=0, on_epoch=kill, checkpoint=path, key=key)
-    assert checkpoint_state(path)["epoch"] == kill_epoch
+    assert checkpoint_state(path)["step"] == kill_epoch * math.ceil(240 / 32)  # one step a minibatch
     resumed = model()
     seen = []
     result = fit(resumed, data["train"], data["val"], tp, seed=0, on_epoch=lambda r: seen.append(r["epoch"]),

@@ -42,7 +42,7 @@ def polled_step(checkpoint: Path) -> int:
     """The checkpoint's step while training writes it, -1 if there is none yet. safetensors opens the
     path twice (header, then mmap): when training renames a new checkpoint in between, the two differ
     in size and the read fails (seen once in CI); that read is retried at the next poll."""
-    from qelm_core.lm.distill import checkpoint_state
+    from qelm_core.training import checkpoint_state
 
     try:
         return checkpoint_state(checkpoint)["step"]
@@ -107,7 +107,7 @@ def test_killed_teacher_resumes_to_byte_identical_outputs(tiny_repo, repo_copy, 
 def test_killed_training_resumes_to_the_same_weights(repo_copy, tmp_path):
     import numpy as np
 
-    from qelm_core.lm.distill import checkpoint_state
+    from qelm_core.training import checkpoint_state
 
     reference = Path(shutil.copytree(repo_copy, tmp_path / "reference", symlinks=True))
     for repo in (repo_copy, reference):
@@ -147,9 +147,9 @@ import sys
 # `qelm train` trains in spawned worker processes (distill.train_all): they get the fault too
 if sys.argv[0].endswith("qelm") and sys.argv[1:2] == [{stage!r}] or {stage!r} == "train" and "--multiprocessing-fork" in sys.argv:
     if {stage!r} == "train":
-        import qelm_core.lm.distill as distill
+        import qelm_core.training as training
 
-        real, calls = distill.save_checkpoint, []
+        real, calls = training.save_checkpoint, []
 
         def save_checkpoint(*args, **kwargs):
             calls.append(1)
@@ -157,7 +157,7 @@ if sys.argv[0].endswith("qelm") and sys.argv[1:2] == [{stage!r}] or {stage!r} ==
                 raise OSError(28, "No space left on device (injected)")
             return real(*args, **kwargs)
 
-        distill.save_checkpoint = save_checkpoint
+        training.save_checkpoint = save_checkpoint
     else:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
