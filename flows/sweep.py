@@ -1,9 +1,9 @@
 """The `qelm-sweep` flow: a grid of student configurations (quantum + equal-parameter classical twin,
 several seeds), each point its own DVC experiment, compared on ppl_full; the best quantum is registered.
 
-The stages before `train` run here once per distinct upstream params (teacher shards on Dask); every
-other point gets them from DVC's run-cache in its own workspace. The points' remaining stages run side
-by side on the Dask runner; a rerun with one more seed trains only the new seed.
+The stages before `train` run here, point after point: the first point of each distinct upstream params
+computes them (teacher shards on Dask), DVC's run-cache restores them for the others. The points'
+remaining stages run side by side on the Dask runner; a rerun with one more seed trains only the new seed.
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import itertools
 import os
 from typing import Any
 
-import yaml
 from prefect import flow, task
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,27 +59,13 @@ def resolve_grid(grid: SweepGrid, overrides: Overrides, project_root: str | None
     return runs
 
 
-def upstream_signature(run: RunConfig, stages: list[str]) -> tuple:
-    """Equal for runs whose `stages` get equal params (dvc.yaml's params keys): DVC restores the later ones."""
-    spec = yaml.safe_load((run.project / "dvc.yaml").read_text())["stages"]
-    values = run.params.model_dump(mode="json")
-    keys = sorted({k for s in stages for k in spec[s].get("params", [])})
-    return tuple((key, repr(_value_at(key, values))) for key in keys)
-
-
-def _value_at(key: str, node: dict):
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
 @flow(name="qelm-sweep-grid", log_prints=True)
-def sweep_grid(runs: list[RunConfig], exps: dict[str, Experiment], stages: dict[str, list[str]]) -> dict:
-    """Each run's `stages[label]` in order, the runs in parallel on this flow's task runner -> {stage: {label: metrics}}."""
+def sweep_grid(runs: list[RunConfig], exps: dict[str, Experiment], stages: list[str]) -> dict:
+    """`stages` in order for each run, the runs in parallel on this flow's task runner -> {stage: {label: metrics}}."""
     futures = {}
     for run in runs:
         previous = []
-        for name in stages[run.label]:
+        for name in stages:
             future = stage(name, run.label).submit(exps[run.label], name, run.tracking_uri, wait_for=previous)
             futures[(name, run.label)], previous = future, [future]
     results: dict[str, dict] = {}
@@ -97,16 +82,9 @@ def sweep(grid: SweepGrid = SweepGrid(), overrides: Overrides = Overrides()) -> 
     train, register = names.index("train"), names.index("register")
     upstream, per_point, final = names[:train], names[train:register], names[register:]
     exps = {run.label: open_run(run, experiment_name(run.label)) for run in runs}
-    stages, seen = {}, set()
-    for run in runs:
-        signature = upstream_signature(run, upstream)
-        if signature in seen:  # restored from the run-cache in the point's own workspace
-            stages[run.label] = upstream + per_point
-        else:  # computed once per distinct upstream params, here
-            seen.add(signature)
-            run_stages(run, exps[run.label], upstream)
-            stages[run.label] = per_point
-    results = sweep_grid.with_options(task_runner=dask_runner())(runs, exps, stages)
+    for run in runs:  # one after another: the first of equal upstream params computes, DVC's run-cache restores the rest
+        run_stages(run, exps[run.label], upstream)
+    results = sweep_grid.with_options(task_runner=dask_runner())(runs, exps, per_point)
     report = sweep_report_task(grid, runs, results["train"], results["evaluate"])
     best = next(r for r in runs if r.label == report["best"])
     registered = run_stages(best, exps[best.label], final)
