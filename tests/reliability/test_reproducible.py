@@ -67,3 +67,19 @@ def test_an_unchanged_retrain_writes_the_same_model_so_dvc_reuses_evaluate(repo_
     run(["dvc", "repro", "--force", "--single-item", "train"], repo_copy)
     assert folder_digest(student) == digest
     assert "up to date" in run(["dvc", "status", "evaluate", "register"], repo_copy).stdout
+
+
+def test_a_change_to_the_projection_code_marks_the_teacher_stage_changed(repo_copy):
+    """Honest code deps, end to end: editing qelm_core/lm/data.py (the teacher's projection) makes `dvc status`
+    report the stages that import it, and only an unrelated module leaves them up to date."""
+    run(["dvc", "repro"], repo_copy)  # start from an up-to-date pipeline
+    with (repo_copy / "qelm_core" / "bench" / "config.py").open("a") as f:  # no stage imports the bench
+        f.write("\n# edited\n")
+    assert "up to date" in run(["dvc", "status"], repo_copy).stdout
+    with (repo_copy / "qelm_core" / "lm" / "data.py").open("a") as f:
+        f.write("\n# edited\n")
+    status = run(["dvc", "status", "--json"], repo_copy).stdout
+    changed = json.loads(status)
+    assert {"prepare", "teacher", "assign", "train", "evaluate"} <= {k.split(":")[-1] for k in changed}, status
+    assert all(any("qelm_core/lm/data.py" in str(entry) for entry in changed[k]) for k in changed
+               if k.split(":")[-1] == "teacher"), status
