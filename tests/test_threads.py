@@ -61,12 +61,11 @@ def test_qelm_refuses_a_bad_override_in_one_line(monkeypatch):
 
 
 def test_training_workers_split_the_cores(monkeypatch):
-    """train_all hands each spawned worker cores // workers; train_workers counts this process's cores."""
+    """train_all hands each spawned worker cores // workers."""
     from qelm_core.lm import distill
 
     monkeypatch.setenv("QELM_CORES", "3")
     monkeypatch.delenv("QELM_TRAIN_WORKERS", raising=False)
-    assert distill.train_workers(6) == 3 and distill.train_workers(2) == 2
     seen = {}
 
     class Pool:  # records what the pool would start, runs nothing

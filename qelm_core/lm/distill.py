@@ -159,20 +159,20 @@ def eval_line(name: str, seed: int, steps: int, progress=None) -> Callable[[dict
 
 
 def train_workers(n_jobs: int, seeds: int = 1) -> int:
-    """Training processes: $QELM_TRAIN_WORKERS, else one per core of this process (threads.cores), or one
-    per seed where there are more seeds than cores, up to the number of jobs. Small students run best on
-    one thread each (on 2 cores, 2 workers x 1 thread beat 1 x 2 threads), and one-thread trainers share
-    cores without the barrier stalls of multi-threaded ones: 3 equal seeds on 2 cores take 1.5 seed-times
-    side by side instead of 2 in two rounds (measured: 146 s vs ~185 s, identical weights)."""
+    """Training processes: $QELM_TRAIN_WORKERS, else one per seed, up to the number of jobs. The quantum
+    seeds are the work (a classical twin takes 1-5 % of its quantum student's time and queues behind
+    them); each worker gets cores // workers threads. 3 seeds on 2 cores: one thread each, side by side
+    (1.5 seed-times instead of 2 in two rounds; 146 s vs ~185 s, identical weights). One seed: trained in
+    this process on every core, the twin after it (n = 12 on 2 cores: 0.24 s a step with 2 threads
+    against 0.40 s with 1, which the quantum student had while paired with its twin)."""
     import os
 
-    from qelm_core import threads
     from qelm_core.config import ConfigError
 
     value = os.environ.get("QELM_TRAIN_WORKERS", "")
     if value and not (value.isdigit() and int(value) >= 1):
         raise ConfigError(f"QELM_TRAIN_WORKERS={value!r}: give a whole number >= 1 (or unset it)")
-    return min(n_jobs, int(value) if value else max(threads.cores(), seeds))
+    return min(n_jobs, int(value) if value else max(1, seeds))
 
 
 def _worker_init(cores: int) -> None:

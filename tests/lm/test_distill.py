@@ -104,15 +104,13 @@ def test_cosine_schedule_decays_to_zero_and_its_state_is_checkpointed(tmp_path):
 
 
 def test_train_workers_default_and_override(monkeypatch):
-    import os
-
     from qelm_core.config import ConfigError
     from qelm_core.lm.distill import train_workers
 
     monkeypatch.delenv("QELM_TRAIN_WORKERS", raising=False)
-    assert train_workers(6) == min(6, os.cpu_count() or 1) and train_workers(1) == 1
-    monkeypatch.setenv("QELM_CORES", "2")  # more seeds than cores: every seed of a kind at once
-    assert train_workers(6, seeds=3) == 3 and train_workers(2, seeds=3) == 2 and train_workers(6, seeds=1) == 2
+    for cores in ("2", "16"):  # one worker per seed whatever the cores (each gets cores // workers threads)
+        monkeypatch.setenv("QELM_CORES", cores)
+        assert train_workers(6, seeds=3) == 3 and train_workers(2, seeds=3) == 2 and train_workers(2, seeds=1) == 1
     monkeypatch.delenv("QELM_CORES")
     monkeypatch.setenv("QELM_TRAIN_WORKERS", "1")
     assert train_workers(6) == 1
