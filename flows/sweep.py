@@ -23,7 +23,7 @@ from qelm_core.config import ConfigError
 
 
 class SweepGrid(BaseModel):
-    """Student configurations to compare: every n_qubits x layers x alpha, each with every seed."""
+    """Student configurations to compare: every n_qubits x layers x alpha x embedded_tokens, each with every seed."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -31,6 +31,8 @@ class SweepGrid(BaseModel):
                                 "(compared on ppl_full, which is comparable across vocabulary sizes)")
     layers: list[int] = Field([2, 4], description="student.layers values")
     alpha: list[float] = Field([0.0, 0.5], description="train.alpha values (0 = no distillation, hard labels only)")
+    embedded_tokens: list[int] = Field([0], description="student.embedded_tokens values: angle rows for the K most "
+                                                        "frequent ids, the rest enter as bits (0 = a row for every id)")
     seeds: list[int] = Field([0, 1, 2], description="seeds per configuration (at least 3 for a spread)")
     steps: int | None = Field(200, description="train.steps for every configuration (a short budget keeps a "
                                                 "12-point sweep in minutes); empty = params.yaml")
@@ -39,17 +41,20 @@ class SweepGrid(BaseModel):
         """[(label, dotted overrides)] in a stable order; one student per kind per point (the grid's seeds
         take the place of train.seeds)."""
         out = []
-        for n, layers, alpha, seed in itertools.product(self.n_qubits or [n_default], self.layers, self.alpha, self.seeds):
-            point = {"student.n_qubits": n, "student.layers": layers, "train.alpha": alpha, "seed": seed, "train.seeds": 1}
-            out.append((f"q{n}-l{layers}-a{alpha:g}-s{seed}", point | ({"train.steps": self.steps} if self.steps is not None else {})))
+        for n, layers, alpha, rows, seed in itertools.product(self.n_qubits or [n_default], self.layers, self.alpha,
+                                                              self.embedded_tokens, self.seeds):
+            point = {"student.n_qubits": n, "student.layers": layers, "train.alpha": alpha, "student.embedded_tokens": rows,
+                     "seed": seed, "train.seeds": 1}
+            label = f"q{n}-l{layers}-a{alpha:g}" + (f"-k{rows}" if rows else "") + f"-s{seed}"
+            out.append((label, point | ({"train.steps": self.steps} if self.steps is not None else {})))
         return out
 
 
 @task(name="resolve-grid", tags=["qelm"])
 def resolve_grid(grid: SweepGrid, overrides: Overrides, project_root: str | None) -> list[RunConfig]:
     """Every grid point validated (and named) before anything runs."""
-    if not (grid.layers and grid.alpha and grid.seeds):
-        raise ConfigError("sweep grid: layers, alpha and seeds each need at least one value")
+    if not (grid.layers and grid.alpha and grid.embedded_tokens and grid.seeds):
+        raise ConfigError("sweep grid: layers, alpha, embedded_tokens and seeds each need at least one value")
     runs = []
     for label, point in grid.points(resolve(overrides, project_root).params.student.n_qubits):
         try:

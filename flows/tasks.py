@@ -121,7 +121,8 @@ def publish_run(run: RunConfig, exp: Experiment, results: dict) -> str | None:
 def sweep_report_task(grid, runs: list[RunConfig], train: dict[str, dict], evaluate: dict[str, dict]) -> dict:
     """Comparison table + Pareto plot -> one MLflow run and a Prefect artifact; names the best quantum student."""
     points = {r.label: {"n_qubits": r.params.student.n_qubits, "layers": r.params.student.layers,
-                        "alpha": r.params.train.alpha, "seed": r.params.seed} for r in runs}
+                        "alpha": r.params.train.alpha, "embedded_tokens": r.params.student.embedded_tokens,
+                        "seed": r.params.seed} for r in runs}
     project = Paths(runs[0].project)
     report = sweep_report.publish(project, grid.model_dump(), points, train, evaluate,
                                   project.root / ".qelm" / "sweeps" / str(flow_run.id),

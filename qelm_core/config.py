@@ -86,6 +86,7 @@ class StudentParams(Strict):
     reupload_every: int = Field(0, ge=0)  # the token's angles again before every k-th layer (0 = once)
     ancillas: int = Field(0, ge=0, le=4)  # extra wires without data, post-selected on |0> (circuits.py)
     encoding: Literal["embedding", "bits"] = "embedding"
+    embedded_tokens: int = Field(0, ge=0)  # embedding rows for the K most frequent ids (0 = all V); the rest: pi * bits
     log_bias: bool = True  # classical V-vector added to the circuit's log-probs (counted as classical)
     assignment: Literal["hamming", "random", "meaning"] = "meaning"  # vocab -> basis states (basis.py)
     entangler: Literal["cz", "cnot", "cphase"] = "cz"  # the ring of every trainable layer (circuits.py)
@@ -98,6 +99,8 @@ class StudentParams(Strict):
             raise ValueError("entangler cphase needs n_qubits >= 3 (a ring with a pair per qubit); use cz")
         if self.entangler == "cphase" and self.encoding == "bits":  # its first ring would act on a basis state
             raise ValueError("entangler cphase needs encoding: embedding (with bits the first ring's phases do nothing)")
+        if self.embedded_tokens > 2**self.n_qubits or (self.embedded_tokens and self.encoding == "bits"):
+            raise ValueError(f"embedded_tokens must be 0 (all) to {2**self.n_qubits} (V) with encoding: embedding")
         return self
 
 

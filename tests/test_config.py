@@ -24,6 +24,8 @@ def test_repo_params_are_valid():
     ({"data": {"split_train": 0.8, "split_val": 0.3}}, "data"),
     ({"student": {"entangler": "cphase", "n_qubits": 2}}, "student"),
     ({"student": {"entangler": "cphase", "encoding": "bits"}}, "student"),
+    ({"student": {"n_qubits": 3, "embedded_tokens": 9}}, "student"),
+    ({"student": {"entangler": "cz", "encoding": "bits", "embedded_tokens": 4}}, "student"),
 ])
 def test_bad_params_are_one_line_naming_the_key(raw, key):
     with pytest.raises(ConfigError) as info:

@@ -23,6 +23,7 @@ def model_card(params: Params, m: dict, cfg: dict) -> str:
                  f"{m['ppl_student_exact_subset']:.2f} exact on the same positions ({m['noisy_zero_prob_targets']} "
                  f"targets sampled at zero probability, smoothed with eps={m['noisy_smoothing']}).\n")
     reupload = f"; the token's angles again before every layer k with k % {sp.reupload_every} == 0" if sp.reupload_every else ""
+    rows = f" (angle rows for the {sp.embedded_tokens} most frequent ids, the rarer as bits)" if sp.embedded_tokens else ""
     if sp.ancillas:
         reupload += (f"; {sp.ancillas} ancilla qubit(s) prepared in |+>, post-selected on 0 "
                      f"({m.get('postselect_rate_student', float('nan')):.0%} of the shots kept)")
@@ -34,7 +35,7 @@ def model_card(params: Params, m: dict, cfg: dict) -> str:
 - **Teacher**: `{params.teacher.model}` ({m['params_teacher']:,} parameters, {m['bytes_teacher']:,} bytes as shipped),
   distributions projected onto the student vocabulary.
 - **Circuit**: {n} qubits Born machine, context {sp.context} tokens, {sp.layers} trainable layers per token
-  (Y-Z-Y rotations + {sp.entangler.upper()} ring{reupload}), encoding `{sp.encoding}`, basis assignment `{sp.assignment}`,
+  (Y-Z-Y rotations + {sp.entangler.upper()} ring{reupload}), encoding `{sp.encoding}`{rows}, basis assignment `{sp.assignment}`,
   log-bias {sp.log_bias}; {m['params_student_circuit']} circuit
   parameters + {m['params_student_embedding']} embedding angles + {m['params_student_classical']} classical.
 - **Device**: trained on `{params.device.name}`; file `model.safetensors` {m['bytes_student']:,} bytes.

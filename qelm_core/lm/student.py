@@ -25,9 +25,9 @@ from qelm_core.quantum.devices import diff_method_for, is_exact_simulator, make_
 from qelm_core.quantum.fused import compile_fused
 from qelm_core.weights import CONFIG_FILE, WEIGHTS_FILE, load_matching, read_folder, save_folder
 
-STUDENT_KEYS = ("n_qubits", "context", "layers", "reupload_every", "ancillas", "encoding", "log_bias", "assignment",
-                "entangler", "engine", "classical_dim")  # what config.json records to rebuild the model
-ADDED_KEYS = {"reupload_every": 0, "ancillas": 0}  # keys newer than the format: older models behave like this
+STUDENT_KEYS = ("n_qubits", "context", "layers", "reupload_every", "ancillas", "encoding", "embedded_tokens", "log_bias",
+                "assignment", "entangler", "engine", "classical_dim")  # what config.json records to rebuild the model
+ADDED_KEYS = {"reupload_every": 0, "ancillas": 0, "embedded_tokens": 0}  # newer than the format: older models behave so
 PROB_FLOOR = 1e-12  # probabilities are floored before the log so the NLL stays finite
 FORMAT = "qelm-student/2"  # /2: the basis map is saved with the weights
 
@@ -40,7 +40,7 @@ def basis_bits(basis: torch.Tensor, n_qubits: int) -> torch.Tensor:
 
 def quantum_param_count(sp: StudentParams) -> int:
     V, n = 2**sp.n_qubits, sp.n_qubits
-    embedding = V * n if sp.encoding == "embedding" else 0
+    embedding = (sp.embedded_tokens or V) * n if sp.encoding == "embedding" else 0
     per_qubit = 4 if sp.entangler == "cphase" else 3  # Y-Z-Y angles (+ the ring phase of pair (q, q+1))
     return embedding + sp.context * sp.layers * (n + sp.ancillas) * per_qubit + (V if sp.log_bias else 0)
 
@@ -64,12 +64,14 @@ def _check_ids(context_ids: torch.Tensor, context: int, vocab: int) -> None:
 class QuantumStudent(nn.Module):
     """Born machine p(next | context) = |<basis[next]|U(context)|0>|^2 (times exp(log_bias), renormalised).
 
-    Encoding: "embedding" = a trainable (V, n) table of RY angles. Init: N(0, s_i) with s_i from 0.05
-    (most frequent id) to 0.5 (rarest), rank taken from `unigram_counts` if given, else from the id
-    (ids are frequency-sorted). Frequent contexts therefore start near |0...0>, so with the
-    near-identity layers the init distribution favours id 0 and the low-Hamming-weight (frequent)
+    Encoding: "embedding" = a trainable (K, n) table of RY angles for ids 0..K-1 (K = embedded_tokens,
+    default all V; ids are frequency-sorted, so these are the K most frequent); the rarer ids enter as
+    "bits" do. Init: N(0, s_i) with s_i from 0.05 (most frequent id) to 0.5 (rarest), rank taken from
+    `unigram_counts` if given, else from the id. Frequent contexts therefore start near |0...0>, so with
+    the near-identity layers the init distribution favours id 0 and the low-Hamming-weight (frequent)
     ids; rarer ids get larger angles so that different contexts are distinguishable from step 0.
-    "bits" = fixed angles pi * bit_q of the token's basis state (the same map as the output).
+    "bits" = fixed angles pi * bit_q of the token's basis state (the same map as the output; with the
+    meaning assignment, tokens that follow similar contexts share a prefix: a code without parameters).
     `ancillas` = a > 0: a more wires without data; the distribution is the outcomes with every ancilla
     at 0, renormalised (post-selection: on hardware, the other shots are discarded).
     Circuit weights (context, layers, n + a, 3) ~ N(0, 0.02): near identity (entangler cphase: a 4th entry
@@ -102,10 +104,11 @@ class QuantumStudent(nn.Module):
             else:
                 rank = torch.arange(V, dtype=torch.float32)
             std = 0.05 + 0.45 * rank / max(V - 1, 1)  # (V,)
-            self.embedding = nn.Parameter(torch.randn(V, n, generator=generator) * std[:, None])  # (V, n)
+            rows = params.embedded_tokens or V
+            self.embedding = nn.Parameter((torch.randn(V, n, generator=generator) * std[:, None])[:rows])  # (K, n)
         else:
             self.embedding = None
-            self.register_buffer("bit_angles", math.pi * basis_bits(self.basis, n), persistent=False)  # (V, n)
+        self.register_buffer("bit_angles", math.pi * basis_bits(self.basis, n), persistent=False)  # (V, n)
         weights = 0.02 * torch.randn(self.spec.weight_shape, generator=generator)
         if params.entangler == "cphase":
             weights[..., 3] += math.pi  # start as the CZ ring
@@ -124,9 +127,12 @@ class QuantumStudent(nn.Module):
         return 2**self.params.n_qubits
 
     def angles(self, context_ids: torch.Tensor) -> torch.Tensor:
-        """(B, k) ids -> (B, k, n) RY angles."""
-        table = self.embedding if self.embedding is not None else self.bit_angles
-        return table[context_ids]
+        """(B, k) ids -> (B, k, n) RY angles: the embedding's row, or the id's bits past its K rows."""
+        if self.embedding is None:
+            return self.bit_angles[context_ids]
+        if len(self.embedding) == self.vocab_size:
+            return self.embedding[context_ids]
+        return torch.cat([self.embedding, self.bit_angles[len(self.embedding):]])[context_ids]  # (V, n) table
 
     def circuit_probs(self, context_ids: torch.Tensor) -> torch.Tensor:
         """(B, k) -> (B, V) float64 circuit probabilities in vocabulary order (no log_bias)."""

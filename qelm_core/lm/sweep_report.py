@@ -26,7 +26,7 @@ FULL_BASELINES = ("unigram", "teacher")  # the full-vocabulary figures the Paret
 
 
 def rows(points: dict[str, dict], train: dict[str, dict], evaluate: dict[str, dict]) -> list[dict]:
-    """One row per (grid point, kind). `points`: label -> {n_qubits, layers, alpha, seed}."""
+    """One row per (grid point, kind). `points`: label -> {n_qubits, layers, alpha, embedded_tokens, seed}."""
     out = []
     for label, point in points.items():
         t, e = train[label], evaluate[label]
@@ -43,17 +43,19 @@ def rows(points: dict[str, dict], train: dict[str, dict], evaluate: dict[str, di
 
 
 def summarize(table: list[dict]) -> list[dict]:
-    """Mean and spread over seeds for each (n_qubits, layers, alpha, model)."""
+    """Mean and spread over seeds for each (n_qubits, layers, alpha, embedded_tokens, model)."""
     def sd(values):
         return statistics.stdev(values) if len(values) > 1 else 0.0
 
     groups: dict[tuple, list[dict]] = {}
     for row in table:
-        groups.setdefault((row["n_qubits"], row["layers"], row["alpha"], row["model"]), []).append(row)
+        groups.setdefault((row["n_qubits"], row["layers"], row["alpha"], row.get("embedded_tokens", 0), row["model"]),
+                          []).append(row)
     out = []
-    for (n, layers, alpha, model), members in groups.items():
+    for (n, layers, alpha, rows_k, model), members in groups.items():
         test, full = [m["test_ppl"] for m in members], [m["ppl_full"] for m in members]
-        out.append({"n_qubits": n, "layers": layers, "alpha": alpha, "model": model, "kind": members[0]["kind"],
+        out.append({"n_qubits": n, "layers": layers, "alpha": alpha, "embedded_tokens": rows_k, "model": model,
+                    "kind": members[0]["kind"],
                     "seeds": len(members), "params": members[0]["params"], "bytes": members[0]["bytes"],
                     "ppl_full_mean": statistics.fmean(full), "ppl_full_std": sd(full),
                     "val_ppl_full_mean": statistics.fmean(m["val_ppl_full"] for m in members),
@@ -114,9 +116,10 @@ def markdown(summary: list[dict], table: list[dict], registered: dict, url: str)
     lines += [f"- V = {2 ** n}: **{w['label']}**, test ppl_full {w['ppl_full']:.1f} (over V: {w['test_ppl']:.3f}), "
               f"{w['params']} parameters" + (" (registered as challenger)" if w["label"] == registered["label"] else "")
               for n, w in sorted(winners(table).items())]
-    lines += ["", "| n_qubits | layers | alpha | kind | params | bytes | test ppl_full (mean ± sd) | test ppl over V "
-              "(mean ± sd) | seeds |", "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['n_qubits']} | {r['layers']} | {r['alpha']:g} | {r['kind']} | {r['params']} | {r['bytes']} | "
+    lines += ["", "| n_qubits | layers | alpha | embedded tokens | kind | params | bytes | test ppl_full (mean ± sd) | "
+              "test ppl over V (mean ± sd) | seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['n_qubits']} | {r['layers']} | {r['alpha']:g} | {r['embedded_tokens'] or 'all'} | {r['kind']} | "
+              f"{r['params']} | {r['bytes']} | "
               f"{r['ppl_full_mean']:.1f} ± {r['ppl_full_std']:.1f} | {r['test_ppl_mean']:.3f} ± {r['test_ppl_std']:.3f} | "
               f"{r['seeds']} |" for r in summary]
     for n in sorted({r["n_qubits"] for r in summary}):

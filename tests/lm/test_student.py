@@ -1,4 +1,5 @@
 import json
+import math
 import pickle
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 
 from qelm_core.quantum.circuits import ansatz
 from qelm_core.config import DeviceParams, QelmError, StudentParams, parse_params
-from qelm_core.lm.student import (ClassicalStudent, QuantumStudent, build_student, load_student,
+from qelm_core.lm.student import (ClassicalStudent, QuantumStudent, basis_bits, build_student, load_student,
                                param_counts, predict_probs, quantum_param_count, save_student)
 
 
@@ -44,6 +45,23 @@ def test_quantum_valid_distribution_and_every_gradient(encoding, log_bias, entan
         {"log_bias"} if log_bias else set())
     for name, p in params.items():
         assert (p.grad.abs() > 1e-9).all(), f"{name} has dead entries: {p.grad}"
+
+
+@pytest.mark.parametrize("engine", ["pennylane", "fused"])
+def test_embedded_tokens_train_their_rows_and_rarer_ids_enter_as_bits(engine):
+    sp = student_params(entangler="cphase", engine=engine, embedded_tokens=3)
+    model = QuantumStudent(sp, generator=torch.Generator().manual_seed(0))
+    every_row = QuantumStudent(sp.model_copy(update={"embedded_tokens": 0}), generator=torch.Generator().manual_seed(0))
+    assert model.embedding.shape == (3, 3) and torch.equal(model.embedding, every_row.embedding[:3])  # same init
+    assert torch.equal(model.circuit_weights, every_row.circuit_weights)
+    assert sum(p.numel() for p in model.parameters()) == quantum_param_count(sp) == quantum_param_count(every_row.params) - 15
+    ids = torch.tensor([[0, 2], [5, 7]])
+    angles = model.angles(ids)  # (2, 2, 3)
+    assert torch.equal(angles[0], model.embedding[[0, 2]])
+    assert torch.equal(angles[1], math.pi * basis_bits(model.basis, 3)[[5, 7]])
+    logp = model(all_ids(8, 2))
+    torch.nn.functional.nll_loss(logp, torch.arange(len(logp)) % 8).backward()
+    assert (model.embedding.grad.abs() > 1e-9).all() and (model.circuit_weights.grad.abs() > 1e-9).any()
 
 
 def test_quantum_init_favours_frequent_ids():
@@ -171,10 +189,11 @@ def test_default_students_compute_the_same_bits_on_1_and_2_threads(kind):
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("kind, entangler, ancillas", [("quantum", "cz", 0), ("quantum", "cphase", 1), ("classical", "cz", 0)])
-def test_save_load_round_trip(tmp_path, kind, entangler, ancillas):
+@pytest.mark.parametrize("kind, entangler, ancillas, embedded", [("quantum", "cz", 0, 0), ("quantum", "cphase", 1, 0),
+                                                            ("quantum", "cphase", 0, 5), ("classical", "cz", 0, 0)])
+def test_save_load_round_trip(tmp_path, kind, entangler, ancillas, embedded):
     student = {"kind": kind, "n_qubits": 3, "context": 2, "layers": 2, "log_bias": True, "entangler": entangler,
-               "ancillas": ancillas}
+               "ancillas": ancillas, "embedded_tokens": embedded}
     params = parse_params({"seed": 3, "student": student})
     model = build_student(params)
     with torch.no_grad():
@@ -201,6 +220,7 @@ def test_reuploading_student_round_trips_and_older_configs_load_as_encoded_once(
         assert torch.equal(model(ids), loaded(ids))
     cfg.pop("reupload_every")  # a model saved before the key existed was encoded once per slot
     cfg.pop("ancillas")  # ... and had no ancilla wires
+    cfg.pop("embedded_tokens")  # ... and an angle row for every id
     (folder / "config.json").write_text(json.dumps(cfg))
     assert load_student(folder)[0].spec.ops == ansatz(3, 2, 2, "cz").ops
 

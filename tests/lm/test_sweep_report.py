@@ -36,6 +36,8 @@ def test_summary_has_mean_and_spread_of_ppl_full_over_seeds():
     (summary,) = report.summarize(table)
     assert summary["seeds"] == 3 and summary["ppl_full_mean"] == pytest.approx(410.0)
     assert summary["ppl_full_std"] == pytest.approx(10.0) and summary["bytes"] == 240
+    with_rows = table + [{**r, "embedded_tokens": 16} for r in table]  # another configuration, not more seeds
+    assert [(r["embedded_tokens"], r["seeds"]) for r in report.summarize(with_rows)] == [(0, 3), (16, 3)]
 
 
 def test_sweep_rows_read_the_same_metric_names_as_the_stages():
