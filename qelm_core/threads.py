@@ -137,10 +137,10 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_mmap_threshold, 32 << 20)
 
 
-def configure() -> None:
-    """At `qelm` start: validate the variables (one ConfigError line), export the allotment to child
-    processes, keep freed memory. Torch is not imported here (`qelm --help` stays fast): what computes
-    calls `use(work)`."""
+def configure(allotted: int | None = None) -> None:
+    """At the start of every qelm process (`qelm`, a training worker with its share `allotted`): validate
+    the variables (one ConfigError line), export the allotment to child processes, keep freed memory.
+    Torch is not imported here (`qelm --help` stays fast): what computes calls `use(work)`."""
     override()
-    allot(cores())
+    allot(allotted or cores())
     keep_freed_memory()

@@ -186,8 +186,7 @@ def _worker_init(cores: int) -> None:
 
     from qelm_core import threads
 
-    threads.allot(cores)
-    threads.keep_freed_memory()
+    threads.configure(cores)
     if sys.platform == "linux":
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and a group SIGTERM go to the parent, which
