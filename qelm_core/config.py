@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -148,15 +148,31 @@ class RegistryParams(Strict):
     model_name: str = "qelm-student"
 
 
-class Params(Strict):
+TeacherT, StudentT, TrainT, EvaluateT = (TypeVar(n, bound=Strict) for n in ("TeacherT", "StudentT", "TrainT", "EvaluateT"))
+SECTIONS = ("teacher", "student", "train", "evaluate")
+
+
+class PipelineParams(Strict, Generic[TeacherT, StudentT, TrainT, EvaluateT]):
+    """The sections both pipelines have (the LM's `Params`, the classifier's `ClassifyParams`), each typed
+    by its task: what the shared fit loop, tracking and promotion gate read by name."""
+
+    teacher: TeacherT
+    student: StudentT
+    train: TrainT
+    evaluate: EvaluateT
+    registry: RegistryParams = RegistryParams()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absent_sections(cls, raw):
+        # a field typed by a TypeVar has no default of its own: a section left out validates from {} (its defaults)
+        return {**dict.fromkeys(SECTIONS, {}), **raw} if isinstance(raw, dict) else raw
+
+
+class Params(PipelineParams[TeacherParams, StudentParams, TrainParams, EvaluateParams]):
     seed: int = 0
     data: DataParams = DataParams()
-    teacher: TeacherParams = TeacherParams()
-    student: StudentParams = StudentParams()
     device: DeviceParams = DeviceParams()
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    registry: RegistryParams = RegistryParams()
 
     @property
     def vocab_size(self) -> int:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from qelm_core.config import (FitParams, RegistryParams, RootPaths, Strict, leaves_test_split, read_params_file,
+from qelm_core.config import (FitParams, PipelineParams, RegistryParams, RootPaths, Strict, leaves_test_split, read_params_file,
                               validate_params)
 
 DEFAULT_PARAMS = Path("classify/params.yaml")
@@ -96,15 +96,11 @@ class EvaluateParams(Strict):
     noisy_examples: int = Field(24, ge=0)  # test examples (classes in turn) run on the noisy backend, per seed
 
 
-class ClassifyParams(Strict):
+class ClassifyParams(PipelineParams[TeacherHeadParams, StudentParams, TrainParams, EvaluateParams]):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     datasets: dict[str, DatasetParams]
     split: SplitParams = SplitParams()
     features: FeatureParams = FeatureParams()
-    teacher: TeacherHeadParams = TeacherHeadParams()
-    student: StudentParams = StudentParams()
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
     registry: RegistryParams = RegistryParams(model_name="qelm-classifier")
 
     @field_validator("seeds")
