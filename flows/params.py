@@ -31,6 +31,7 @@ SETTINGS = {
     "ancillas": ("student.ancillas", "extra wires without data, post-selected on 0"),
     "encoding": ("student.encoding", "embedding = trainable angles, bits = none"),
     "embedded_tokens": ("student.embedded_tokens", "angle rows for the K most frequent ids, the rest as bits (0 = all)"),
+    "readout": ("student.readout", "next token: basis state, or tied = overlap with its own angle row"),
     "engine": ("student.engine", "fused = qelm's statevector code (default.qubit only)"),
     "device_name": ("device.name", "where the circuits run"),
     "device_backend": ("device.backend", "qiskit.remote: FakeManilaV2, ibm_..."),

@@ -92,6 +92,7 @@ class StudentParams(Strict):
     entangler: Literal["cz", "cnot", "cphase"] = "cz"  # the ring of every trainable layer (circuits.py)
     engine: Literal["pennylane", "fused"] = "fused"  # fused: own statevector code (qelm_core/quantum/fused.py)
     classical_dim: int = Field(0, ge=0)  # 0 = sized to the quantum student's parameter count
+    readout: Literal["basis", "tied"] = "basis"  # next token: a basis state, or overlap with its own angle row (student.py)
 
     @model_validator(mode="after")
     def _ring_phases(self):
@@ -101,6 +102,9 @@ class StudentParams(Strict):
             raise ValueError("entangler cphase needs encoding: embedding (with bits the first ring's phases do nothing)")
         if self.embedded_tokens > 2**self.n_qubits or (self.embedded_tokens and self.encoding == "bits"):
             raise ValueError(f"embedded_tokens must be 0 (all) to {2**self.n_qubits} (V) with encoding: embedding")
+        if self.readout == "tied" and (self.encoding != "embedding" or self.engine != "fused"):
+            raise ValueError("readout: tied needs encoding: embedding (its rows are the read-out states) and "
+                             "engine: fused (training reads the statevector)")
         return self
 
 
@@ -148,8 +152,8 @@ class RegistryParams(Strict):
     model_name: str = "qelm-student"
 
 
-TeacherT, StudentT, TrainT, EvaluateT = (TypeVar(n, bound=Strict) for n in ("TeacherT", "StudentT", "TrainT", "EvaluateT"))
-SECTIONS = ("teacher", "student", "train", "evaluate")
+TeacherT, StudentT, TrainT, EvaluateT = (TypeVar(n, bound=Strict)
+                                          for n in ("TeacherT", "StudentT", "TrainT", "EvaluateT"))
 
 
 class PipelineParams(Strict, Generic[TeacherT, StudentT, TrainT, EvaluateT]):
@@ -166,7 +170,8 @@ class PipelineParams(Strict, Generic[TeacherT, StudentT, TrainT, EvaluateT]):
     @classmethod
     def _absent_sections(cls, raw):
         # a field typed by a TypeVar has no default of its own: a section left out validates from {} (its defaults)
-        return {**dict.fromkeys(SECTIONS, {}), **raw} if isinstance(raw, dict) else raw
+        sections = [name for name, field in PipelineParams.model_fields.items() if field.is_required()]
+        return {**dict.fromkeys(sections, {}), **raw} if isinstance(raw, dict) else raw
 
 
 class Params(PipelineParams[TeacherParams, StudentParams, TrainParams, EvaluateParams]):

@@ -14,8 +14,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from qelm_core.config import (FitParams, PipelineParams, RegistryParams, RootPaths, Strict, leaves_test_split, read_params_file,
-                              validate_params)
+from qelm_core.config import (FitParams, PipelineParams, RegistryParams, RootPaths, Strict, leaves_test_split,
+                              read_params_file, validate_params)
 
 DEFAULT_PARAMS = Path("classify/params.yaml")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")

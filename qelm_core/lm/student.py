@@ -26,8 +26,8 @@ from qelm_core.quantum.fused import compile_fused
 from qelm_core.weights import CONFIG_FILE, WEIGHTS_FILE, load_matching, read_folder, save_folder
 
 STUDENT_KEYS = ("n_qubits", "context", "layers", "reupload_every", "ancillas", "encoding", "embedded_tokens", "log_bias",
-                "assignment", "entangler", "engine", "classical_dim")  # what config.json records to rebuild the model
-ADDED_KEYS = {"reupload_every": 0, "ancillas": 0, "embedded_tokens": 0}  # newer than the format: older models behave so
+                "assignment", "entangler", "engine", "classical_dim", "readout")  # what config.json records to rebuild it
+ADDED_KEYS = {"reupload_every": 0, "ancillas": 0, "embedded_tokens": 0, "readout": "basis"}  # older models behave so
 PROB_FLOOR = 1e-12  # probabilities are floored before the log so the NLL stays finite
 FORMAT = "qelm-student/2"  # /2: the basis map is saved with the weights
 
@@ -36,6 +36,23 @@ def basis_bits(basis: torch.Tensor, n_qubits: int) -> torch.Tensor:
     """(V,) basis states -> (V, n) float: bit of wire q (wire 0 = most significant) of each id's state."""
     shifts = torch.arange(n_qubits - 1, -1, -1, device=basis.device)
     return ((basis[:, None] >> shifts) & 1).to(torch.float32)
+
+
+def product_states(theta: torch.Tensor) -> torch.Tensor:
+    """(V, n) angles -> (V, 2^n) real amplitudes of ⊗_q RY(theta_q)|0> (wire 0 most significant)."""
+    phi = torch.ones(theta.shape[0], 1, dtype=theta.dtype, device=theta.device)
+    for q in range(theta.shape[1]):
+        half = theta[:, q, None] / 2  # (V, 1)
+        phi = (phi[:, :, None] * torch.cat([torch.cos(half), torch.sin(half)], -1)[:, None, :]).flatten(1)
+    return phi
+
+
+def overlaps_squared(psi: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """psi (B, 2^n) complex, phi (V, 2^n) real -> (B, V) |<phi_x|psi>|^2, as one real matmul of the
+    real and imaginary parts stacked ((2B, 2^n) @ (2^n, V): half the work of a complex matmul)."""
+    parts = torch.view_as_real(psi).transpose(-1, -2).reshape(2 * len(psi), -1)  # (2B, 2^n): re, im rows
+    amp = (parts @ phi.to(parts.dtype).T).reshape(len(psi), 2, -1)  # (B, 2, V)
+    return amp.square().sum(1)
 
 
 def quantum_param_count(sp: StudentParams) -> int:
@@ -74,6 +91,12 @@ class QuantumStudent(nn.Module):
     meaning assignment, tokens that follow similar contexts share a prefix: a code without parameters).
     `ancillas` = a > 0: a more wires without data; the distribution is the outcomes with every ancilla
     at 0, renormalised (post-selection: on hardware, the other shots are discarded).
+    Read-out "tied" (instead of "basis"): p(x | c) ∝ |<phi_x|psi_c>|^2 exp(log_bias_x) with
+    phi_x = ⊗ RY(theta_x)|0> built from x's own angle row, the one that encodes x as context: the
+    quantum counterpart of the log-bilinear twin's tied embedding (one vector per token to read the context
+    and to score the next token), with no new parameters. The phi_x are not orthogonal, so the overlaps are
+    renormalised like the bias. Cost O(V 2^n) per example (a (B, 2^n) x (2^n, V) product); on hardware one
+    compute-uncompute circuit per candidate (`predict_probs`), V circuits per position instead of one.
     Circuit weights (context, layers, n + a, 3) ~ N(0, 0.02): near identity (entangler cphase: a 4th entry
     per qubit, the ring phase, ~ pi + N(0, 0.02): starts as the CZ ring). `basis` (V,): the read-out map
     (default: Hamming order, basis.hamming_order). `log_bias` (V,), zeros at
@@ -116,7 +139,8 @@ class QuantumStudent(nn.Module):
         self.log_bias = nn.Parameter(torch.zeros(V)) if params.log_bias else None
 
         if params.engine == "fused":  # same spec, own statevector code: ~10x faster than default.qubit
-            self._qnode = compile_fused(self.spec, dtype=torch.complex64)
+            readout = "state" if params.readout == "tied" else "probs"
+            self._qnode = compile_fused(self.spec, dtype=torch.complex64, readout=readout)
         else:
             dev = make_device(self.device_params, self.spec.n_qubits, shots=self.device_params.shots)
             diff = diff_method_for(self.device_params, training=True)
@@ -126,18 +150,32 @@ class QuantumStudent(nn.Module):
     def vocab_size(self) -> int:
         return 2**self.params.n_qubits
 
-    def angles(self, context_ids: torch.Tensor) -> torch.Tensor:
-        """(B, k) ids -> (B, k, n) RY angles: the embedding's row, or the id's bits past its K rows."""
+    def angle_table(self) -> torch.Tensor:
+        """(V, n) RY angles of every id: the embedding's row, or the id's bits past its K rows."""
         if self.embedding is None:
-            return self.bit_angles[context_ids]
+            return self.bit_angles
         if len(self.embedding) == self.vocab_size:
-            return self.embedding[context_ids]
-        return torch.cat([self.embedding, self.bit_angles[len(self.embedding):]])[context_ids]  # (V, n) table
+            return self.embedding
+        return torch.cat([self.embedding, self.bit_angles[len(self.embedding):]])
+
+    def angles(self, context_ids: torch.Tensor) -> torch.Tensor:
+        """(B, k) ids -> (B, k, n) RY angles."""
+        return self.angle_table()[context_ids]
+
+    def _born(self, angles: torch.Tensor) -> torch.Tensor:
+        """(B, k, n) -> (B, 2^(n+a)) basis-state probabilities of the circuit."""
+        out = self._qnode(angles, self.circuit_weights)
+        return out.real.square() + out.imag.square() if out.is_complex() else out
 
     def circuit_probs(self, context_ids: torch.Tensor) -> torch.Tensor:
-        """(B, k) -> (B, V) float64 circuit probabilities in vocabulary order (no log_bias)."""
+        """(B, k) -> (B, V) circuit scores in vocabulary order (no log_bias): the basis-state probabilities,
+        or with the tied read-out the overlaps |<phi_x|psi>|^2 (which do not sum to 1)."""
         _check_ids(context_ids, self.params.context, self.vocab_size)
-        angles = self.angles(context_ids).to(torch.float64)  # (B, k, n); one dtype end to end (complex128)
+        angles = self.angles(context_ids).to(torch.float64)  # (B, k, n)
+        if self.params.readout == "tied":
+            psi = self._qnode(angles, self.circuit_weights)  # (B, 2^(n+a)) complex
+            psi = psi if not self.params.ancillas else psi.unflatten(-1, (-1, 2**self.params.ancillas))[..., 0]
+            return overlaps_squared(psi, product_states(self.angle_table()))  # (B, V) vocab order
         probs = post_select(self._qnode(angles, self.circuit_weights), self.params.ancillas)  # (B, V) basis order
         return probs[..., self.basis]
 
@@ -145,7 +183,7 @@ class QuantumStudent(nn.Module):
     def postselect_rate(self, context_ids: torch.Tensor, batch: int = 2048) -> torch.Tensor:
         """(B, k) -> (B,) probability that every ancilla reads 0: the share of hardware shots kept (1 without)."""
         _check_ids(context_ids, self.params.context, self.vocab_size)
-        rates = [post_select(self._qnode(self.angles(c).to(torch.float64), self.circuit_weights), self.params.ancillas).sum(-1)
+        rates = [post_select(self._born(self.angles(c).to(torch.float64)), self.params.ancillas).sum(-1)
                  for c in context_ids.split(batch)]
         return torch.cat(rates).to(torch.float64) if rates else torch.zeros(0, dtype=torch.float64)
 
@@ -234,16 +272,25 @@ def predict_probs(model: nn.Module, context_ids: torch.Tensor, device_params: De
     noisy backend and shots); PennyLane splits the batch into per-sample circuits where the device
     cannot broadcast. Sampled zeros stay zero (smoothing is the evaluator's business).
     Classical: the device is irrelevant; exp of the forward pass.
+    Tied read-out: V compute-uncompute circuits per context (`build_qnode(uncompute=True)`, broadcast over
+    the candidates); each candidate's score is its circuit's all-zeros probability, sampled with `shots`.
     """
     if not isinstance(model, QuantumStudent):
         return model(context_ids).exp().to(torch.float64)
     _check_ids(context_ids, model.params.context, model.vocab_size)
     diff_method_for(device_params, training=False)  # validates the device name and an explicit diff_method
     dev = make_device(device_params, model.spec.n_qubits, shots=shots, seed=seed)
-    qnode = build_qnode(model.spec, dev, diff_method=None, shots=shots)
+    tied = model.params.readout == "tied"
+    qnode = build_qnode(model.spec, dev, diff_method=None, shots=shots, uncompute=tied)
     angles = model.angles(context_ids).to(torch.float64).cpu()  # (B, k, n)
-    probs = qnode(angles, model.circuit_weights.to(torch.float64).cpu()).reshape(len(context_ids), -1)
-    probs = post_select(probs, model.params.ancillas)[:, model.basis.cpu()]  # (B, V) vocab order
+    weights = model.circuit_weights.to(torch.float64).cpu()
+    if tied:  # (B, V) vocab order: all-zeros probability of the circuit uncomputing each candidate's row
+        table = model.angle_table().to(torch.float64).cpu()  # (V, n)
+        probs = torch.stack([qnode(a.expand(len(table), *a.shape), weights, table)[:, 0] for a in angles]) \
+            if len(angles) else torch.zeros(0, len(table), dtype=torch.float64)
+    else:
+        probs = qnode(angles, weights).reshape(len(context_ids), -1)
+        probs = post_select(probs, model.params.ancillas)[:, model.basis.cpu()]  # (B, V) vocab order
     if model.log_bias is not None:
         bias = model.log_bias.to(torch.float64).cpu()
         probs = probs * (bias - bias.max()).exp()  # same as adding it to the log-probs; no overflow

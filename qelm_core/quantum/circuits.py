@@ -168,8 +168,13 @@ def apply_ops(spec: CircuitSpec, angles, weights, mats=None) -> None:
 
 
 def build_qnode(spec: CircuitSpec, device, diff_method: str | None, shots: int | None = None,
-                rot_impl: str | None = None):
+                rot_impl: str | None = None, uncompute: bool = False):
     """Compile `spec` for `device`: a callable `f(angles, weights) -> probs (..., 2^n)` (float64).
+
+    uncompute=True: `f(angles, weights, theta (..., data wires))` appends RY(-theta_q) on each data wire
+    before measuring, so its all-zeros probability `f(...)[..., 0]` is |<phi|psi>|^2 for the product
+    state phi = ⊗ RY(theta_q)|0> (with every ancilla at 0): the LM's tied read-out, one circuit per
+    candidate token (a compute-uncompute test, as on hardware). For evaluation only (no gradient wrapper).
 
     In the common case (backprop, or no gradient) `f` IS the torch-interface QNode measuring
     `qml.probs(wires=range(n))`. Two gradient methods need a thin wrapper (with `f.qnode` set):
@@ -186,14 +191,18 @@ def build_qnode(spec: CircuitSpec, device, diff_method: str | None, shots: int |
     import pennylane as qml
 
     rot_impl = rot_impl or ("matrix" if diff_method == "backprop" else "gates")
+    if uncompute and diff_method not in (None, "backprop"):
+        raise ValueError(f"uncompute=True is for evaluation (diff_method None or backprop), got {diff_method!r}")
     if rot_impl not in ("matrix", "gates"):
         raise ValueError(f"rot_impl must be 'matrix' or 'gates', got {rot_impl!r}")
     n = spec.n_qubits
     projectors = diff_method == "adjoint"
     basis_bits = [[(i >> (n - 1 - q)) & 1 for q in range(n)] for i in range(2**n)] if projectors else []
 
-    def circuit(angles, weights):
+    def circuit(angles, weights, theta=None):
         apply_ops(spec, angles, weights, rot_matrices(weights) if rot_impl == "matrix" else None)
+        for q in range(spec.data_wires if uncompute else 0):
+            qml.RY(-theta[..., q], wires=q)
         if projectors:
             return [qml.expval(qml.Projector(bits, wires=range(n))) for bits in basis_bits]
         return qml.probs(wires=range(n))

@@ -40,7 +40,8 @@ n = 12, context 2, 2 layers: 0.99 s vs 26.7 s, peak memory ~0.5 GiB vs ~4.9 GiB.
 against default.qubit (probabilities, gradients, <Z>): tests/quantum/test_fused.py.
 
 readout="z" returns <Z_q> = P(bit_q = 0) - P(bit_q = 1) per wire, (..., n), computed from the
-probabilities with a precomputed +-1 sign matrix (for classification heads).
+probabilities with a precomputed +-1 sign matrix (for classification heads). readout="state" returns
+the statevector (for the LM's tied read-out, qelm_core/lm/student.py: overlaps with product states).
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ import torch
 
 from qelm_core.quantum.circuits import CircuitSpec
 
-READOUTS = ("probs", "z")
+READOUTS = ("probs", "z", "state")
 
 
 class _Permute(torch.autograd.Function):
@@ -185,11 +186,13 @@ def _compile_blocks(spec: CircuitSpec) -> list[tuple]:
 
 def compile_fused(spec: CircuitSpec, dtype: torch.dtype = torch.complex64, readout: str = "probs"):
     """Compile `spec` to `f(angles (..., k, n), weights (k, L, n, 3)) -> (..., 2^n) probs` or
-    `(..., n)` <Z_q> (readout="z"), real dtype matching `dtype` (float32 for complex64)."""
+    `(..., n)` <Z_q> (readout="z"), real dtype matching `dtype` (float32 for complex64), or the
+    statevector itself (readout="state", (..., 2^n) of `dtype`)."""
     if readout not in READOUTS:
         raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
     real = _real_dtype(dtype)
     n, k = spec.n_qubits, spec.context
+    state = readout == "state"  # the final diagonal blocks matter for overlaps, not for |psi|^2
     groups = wire_groups(n)
     blocks = _compile_blocks(spec)
     # Fast path: a stage covering every wire in order needs no identity padding.
@@ -242,12 +245,12 @@ def compile_fused(spec: CircuitSpec, dtype: torch.dtype = torch.complex64, reado
                     psi = _Permute.apply(psi, idx, inv)
                 continue
             if b[0] == "sign":
-                if psi is not None and i < len(blocks) - 1:  # signs right before |psi|^2 change nothing
+                if psi is not None and (i < len(blocks) - 1 or state):  # before |psi|^2 they change nothing
                     psi = psi * item
                 continue
             if b[0] == "phase":  # |0...0> has no pair with both bits set: nothing to do before any rotation
                 mask, ss, ls, qs = item
-                if psi is not None and i < len(blocks) - 1:
+                if psi is not None and (i < len(blocks) - 1 or state):
                     theta = mask @ weights[ss, ls, qs, 3].to(device=device, dtype=real)  # (2^n,)
                     psi = psi * torch.polar(torch.ones_like(theta), theta)
                 continue
@@ -273,6 +276,8 @@ def compile_fused(spec: CircuitSpec, dtype: torch.dtype = torch.complex64, reado
         if psi is None:
             psi = torch.zeros(B, 2**n, dtype=dtype, device=device)
             psi[:, 0] = 1
+        if state:
+            return psi.reshape(*lead, 2**n)
         probs = psi.real.square() + psi.imag.square()  # (B, 2^n)
         out = probs @ sgn if readout == "z" else probs
         return out.reshape(*lead, out.shape[-1])

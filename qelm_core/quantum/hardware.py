@@ -17,7 +17,11 @@ circuit weights are bound when given, else they stay symbolic too.
                            circuit with the backend's instruction durations (`backend.target`);
                            None when the backend publishes no durations (then hw_est_seconds
                            counts the per-shot overhead only)
-    hw_shots_total         shots x test positions (one circuit per position)
+    hw_shots_total         shots x test positions x circuits per position
+    hw_circuits_per_position  1 for the basis read-out (one sampled circuit gives every token's probability);
+                           V for the tied read-out (a compute-uncompute circuit per candidate token; the
+                           transpiled figures above are the circuit without its final RY(-theta) layer, which
+                           the transpiler merges into the last rotations with the cphase ring)
     hw_est_seconds         ESTIMATE of the QPU time to evaluate the test set:
                            shots x positions x (hw_circuit_seconds + SHOT_OVERHEAD_S)
 
@@ -134,18 +138,20 @@ def shot_overhead(backend) -> float:
 
 
 def cost_report(spec: CircuitSpec, backend_name: str, shots: int, positions: int, optimization_level: int = 1,
-                seed: int = 0, weights=None) -> dict:
-    """Transpile the student's circuit for `backend_name` and estimate the cost of `positions` x `shots`."""
+                seed: int = 0, weights=None, circuits_per_position: int = 1) -> dict:
+    """Transpile the student's circuit for `backend_name` and estimate the cost of `positions` x `shots`
+    (x `circuits_per_position`: V for the tied read-out, one compute-uncompute circuit per candidate)."""
     backend = resolve_backend(backend_name)
     tqc = transpile_for(qiskit_circuit(spec, weights), backend, backend_name, optimization_level, seed)
     gates, two_qubit = gate_counts(tqc)
     duration = circuit_seconds(tqc, backend)
     per_shot = shot_overhead(backend)
-    shots_total = int(shots) * int(positions)
+    shots_total = int(shots) * int(positions) * int(circuits_per_position)
     return {"hw_backend": backend_name, "hw_optimization_level": optimization_level, "hw_qubits": spec.n_qubits,
             "hw_backend_qubits": int(backend.num_qubits), "hw_depth": int(tqc.depth()),
             "hw_two_qubit_gates": int(two_qubit), "hw_gates": int(gates), "hw_spec_two_qubit_gates": count_two_qubit_gates(spec),
             "hw_circuit_seconds": duration, "hw_shot_overhead_seconds": per_shot, "hw_shots_total": shots_total,
+            "hw_circuits_per_position": int(circuits_per_position),
             "hw_est_seconds": shots_total * ((duration or 0.0) + per_shot)}
 
 

@@ -162,6 +162,26 @@ def test_z_readout(n, k, L):
             torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("n,k,L,entangler", [(3, 2, 2, "cz"), (4, 1, 3, "cphase"), (8, 2, 1, "cphase"), (9, 1, 1, "cnot")])
+def test_state_readout_is_default_qubits_statevector(n, k, L, entangler):
+    """readout="state" keeps the final diagonal blocks (signs, phases) that probabilities may skip."""
+    spec = ansatz(n, k, L, entangler)
+    angles, weights, _ = _inputs(spec, seed=7 * n + L)
+
+    @qml.qnode(qml.device("default.qubit", wires=n), interface="torch")
+    def state(a, w):
+        from qelm_core.quantum.circuits import apply_ops
+        apply_ops(spec, a, w)
+        return qml.state()
+
+    ref = state(angles, weights)  # (B, 2^n) complex128
+    got = compile_fused(spec, dtype=torch.complex128, readout="state")(angles, weights)
+    assert got.shape == (B, 2**n) and got.dtype == torch.complex128
+    torch.testing.assert_close(got, ref, atol=1e-10, rtol=0)
+    torch.testing.assert_close(compile_fused(spec, readout="state")(angles, weights).to(torch.complex128), ref,
+                               atol=1e-5, rtol=0)
+
+
 def test_general_op_list_not_just_the_ansatz():
     """Walks any op list: partial layers, repeated wires, a data RY after a rot, CNOTs and CZs far apart,
     a CZ run in the middle and a mixed two-qubit run at the end."""

@@ -28,7 +28,9 @@ def test_cost_report_of_a_tiny_spec():
     assert 0 < m["hw_circuit_seconds"] < 1e-2  # microseconds, from the backend's instruction durations
     assert m["hw_est_seconds"] == pytest.approx(7000 * (m["hw_circuit_seconds"] + m["hw_shot_overhead_seconds"]))
     again = cost_report(spec, "FakeGuadalupeV2", 1000, 7, 1, 0, weights)
-    assert again == m  # the transpiler seed is fixed
+    assert again == m and m["hw_circuits_per_position"] == 1  # the transpiler seed is fixed
+    tied = cost_report(spec, "FakeGuadalupeV2", 1000, 7, 1, 0, weights, circuits_per_position=16)  # one per candidate
+    assert tied["hw_shots_total"] == 16 * 7000 and tied["hw_est_seconds"] == pytest.approx(16 * m["hw_est_seconds"])
 
 
 def test_more_qubits_than_the_backend_is_one_line():

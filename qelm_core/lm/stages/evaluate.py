@@ -63,7 +63,8 @@ def run(params: Params, paths: Paths) -> dict:
     if params.evaluate.hardware_backend and cfg["kind"] == "quantum":  # cost on hardware: hw_* (estimates)
         m.update(cost_report(student.spec, params.evaluate.hardware_backend, params.evaluate.shots, len(y),
                              params.evaluate.optimization_level, params.seed,
-                             weights=student.circuit_weights.detach().cpu().numpy()))
+                             weights=student.circuit_weights.detach().cpu().numpy(),
+                             circuits_per_position=V if student.params.readout == "tied" else 1))
         if "postselect_rate_student" in m:  # shots / rate taken to keep `shots` per position
             m["hw_est_seconds_postselected"] = m["hw_est_seconds"] / m["postselect_rate_student"]
     counts = cfg["param_counts"]
