@@ -85,3 +85,23 @@ def test_predict_cli_prints_top_k_tokens(tiny_repo):
     out = run(["qelm", "predict", "--text", "Fair is foul, and foul is", "-k", "3"], tiny_repo).stdout
     rows = [line for line in out.splitlines() if line.startswith("│")]
     assert len(rows) == 3 and all("0." in row for row in rows)
+
+
+@pytest.mark.slow
+def test_tied_readout_end_to_end_scores_one_circuit_per_candidate(tiny_repo, tmp_path):
+    """`dvc exp run -S student.readout=tied`: train, exact and noisy evaluation (compute-uncompute circuits on
+    the fake backend), cost report and predict work with the tied read-out; upstream stages are reused."""
+    import shutil
+    from pathlib import Path
+
+    from tests.conftest import run
+
+    repo = Path(shutil.copytree(tiny_repo, tmp_path / "repo", symlinks=True))
+    log = run(["dvc", "exp", "run", "-S", "student.readout=tied", "-S", "evaluate.noisy_positions=1"], repo).stdout
+    assert "Running stage 'teacher'" not in log and "Running stage 'train'" in log
+    m = json.loads((repo / "metrics" / "eval.json").read_text())
+    assert json.loads((repo / "models" / "student" / "config.json").read_text())["readout"] == "tied"
+    assert m["hw_circuits_per_position"] == 16 and m["hw_shots_total"] == 500 * m["test_tokens"] * 16
+    assert m["ppl_student"] < m["ppl_uniform"] and np.isfinite(m["ppl_student_noisy"])
+    out = run(["qelm", "predict", "--text", "Fair is foul, and foul is", "-k", "3"], repo).stdout
+    assert len([line for line in out.splitlines() if line.startswith("│")]) == 3
