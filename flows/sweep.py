@@ -19,33 +19,38 @@ from flows.params import Overrides, RunConfig, resolve
 from flows.pipeline import run_stages
 from flows.runner import dask_runner
 from flows.tasks import experiment_name, open_run, save_run, stage, sweep_report_task
-from qelm_core.config import ConfigError
+from qelm_core.config import ConfigError, Params
+from qelm_core.lm.sweep_report import CONFIG, config_of
 
 
 class SweepGrid(BaseModel):
-    """Student configurations to compare: every n_qubits x layers x alpha x embedded_tokens, each with every seed."""
+    """Student configurations to compare: every n_qubits x layers x alpha x embedded_tokens x readout, each with
+    every seed; an empty list = the value of params.yaml (with the run's overrides)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    n_qubits: list[int] = Field(default_factory=list, description="student.n_qubits values; empty = params.yaml "
-                                "(compared on ppl_full, which is comparable across vocabulary sizes)")
+    n_qubits: list[int] = Field(default_factory=list, description="student.n_qubits values (compared on ppl_full, "
+                                "which is comparable across vocabulary sizes)")
     layers: list[int] = Field([2, 4], description="student.layers values")
     alpha: list[float] = Field([0.0, 0.5], description="train.alpha values (0 = no distillation, hard labels only)")
     embedded_tokens: list[int] = Field([0], description="student.embedded_tokens values: angle rows for the K most "
                                                         "frequent ids, the rest enter as bits (0 = a row for every id)")
+    readout: list[str] = Field(default_factory=list, description="student.readout values: basis, tied (V circuits "
+                               "per position on a device: keep evaluate.noisy_positions small)")
     seeds: list[int] = Field([0, 1, 2], description="seeds per configuration (at least 3 for a spread)")
     steps: int | None = Field(200, description="train.steps for every configuration (a short budget keeps a "
                                                 "12-point sweep in minutes); empty = params.yaml")
 
-    def points(self, n_default: int) -> list[tuple[str, dict[str, Any]]]:
+    def points(self, base: Params) -> list[tuple[str, dict[str, Any]]]:
         """[(label, dotted overrides)] in a stable order; one student per kind per point (the grid's seeds
         take the place of train.seeds)."""
         out = []
-        for n, layers, alpha, rows, seed in itertools.product(self.n_qubits or [n_default], self.layers, self.alpha,
-                                                              self.embedded_tokens, self.seeds):
-            point = {"student.n_qubits": n, "student.layers": layers, "train.alpha": alpha, "student.embedded_tokens": rows,
-                     "seed": seed, "train.seeds": 1}
-            label = f"q{n}-l{layers}-a{alpha:g}" + (f"-k{rows}" if rows else "") + f"-s{seed}"
+        axes = {name: getattr(self, name) or [value] for name, value in config_of(base).items()}
+        for *values, seed in itertools.product(*axes.values(), self.seeds):
+            point = {**{CONFIG[name]: value for name, value in zip(axes, values)}, "seed": seed, "train.seeds": 1}
+            n, layers, alpha, rows, readout = values
+            label = f"q{n}-l{layers}-a{alpha:g}" + (f"-k{rows}" if rows else "") + \
+                (f"-{readout}" if readout != "basis" else "") + f"-s{seed}"
             out.append((label, point | ({"train.steps": self.steps} if self.steps is not None else {})))
         return out
 
@@ -53,10 +58,10 @@ class SweepGrid(BaseModel):
 @task(name="resolve-grid", tags=["qelm"])
 def resolve_grid(grid: SweepGrid, overrides: Overrides, project_root: str | None) -> list[RunConfig]:
     """Every grid point validated (and named) before anything runs."""
-    if not (grid.layers and grid.alpha and grid.embedded_tokens and grid.seeds):
-        raise ConfigError("sweep grid: layers, alpha, embedded_tokens and seeds each need at least one value")
+    if not grid.seeds:
+        raise ConfigError("sweep grid: seeds needs at least one value")
     runs = []
-    for label, point in grid.points(resolve(overrides, project_root).params.student.n_qubits):
+    for label, point in grid.points(resolve(overrides, project_root).params):
         try:
             runs.append(resolve(overrides, project_root, point, label))
         except ConfigError as err:

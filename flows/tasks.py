@@ -18,6 +18,7 @@ from flows.params import Overrides, RunConfig, resolve
 from qelm_core import tracking
 from qelm_core.config import Params, Paths, is_transient
 from qelm_core.lm import sweep_report
+from qelm_core.lm.sweep_report import config_of
 from qelm_core.lm.stages import teacher as teacher_stage
 
 STAGE_TAG = "qelm-stage"
@@ -120,9 +121,7 @@ def publish_run(run: RunConfig, exp: Experiment, results: dict) -> str | None:
 @task(name="sweep-report", tags=["qelm"])
 def sweep_report_task(grid, runs: list[RunConfig], train: dict[str, dict], evaluate: dict[str, dict]) -> dict:
     """Comparison table + Pareto plot -> one MLflow run and a Prefect artifact; names the best quantum student."""
-    points = {r.label: {"n_qubits": r.params.student.n_qubits, "layers": r.params.student.layers,
-                        "alpha": r.params.train.alpha, "embedded_tokens": r.params.student.embedded_tokens,
-                        "seed": r.params.seed} for r in runs}
+    points = {r.label: {**config_of(r.params), "seed": r.params.seed} for r in runs}
     project = Paths(runs[0].project)
     report = sweep_report.publish(project, grid.model_dump(), points, train, evaluate,
                                   project.root / ".qelm" / "sweeps" / str(flow_run.id),

@@ -116,7 +116,8 @@ def pareto_plot(path: Path, summary: list[dict], baselines=("unigram", "teacher"
             ax.errorbar([r[x_key] for r in pts], [r["ppl_full_mean"] for r in pts], yerr=[r["ppl_full_std"] for r in pts],
                         fmt=marker, color=f"C{i}", capsize=3, label=f"{kind} (mean ± sd over seeds)")
             for r, layers in points.values():
-                rows = f" K{r['embedded_tokens']}" if r.get("embedded_tokens") else ""
+                rows = (f" K{r['embedded_tokens']}" if r.get("embedded_tokens") else "") + \
+                    (" tied" if kind == "quantum" and r.get("readout") == "tied" else "")
                 ax.annotate(f"n{r['n_qubits']} L{','.join(layers)} α{r['alpha']:g}{rows}", (r[x_key], r["ppl_full_mean"]),
                             fontsize=7, xytext=(4, 3), textcoords="offset points")
             front = pareto_front([(r[x_key], r["ppl_full_mean"]) for r in pts])

@@ -225,6 +225,22 @@ def test_invalid_override_fails_the_run_before_any_stage(harness, project, calls
     assert state.is_failed() and "train.stepz" in state.message and calls() == []
 
 
+def test_sweep_grid_points_cover_every_axis_and_empty_axes_keep_params_yaml():
+    """Every combination x seed, each labelled; an empty axis takes the run's params (params.yaml + overrides)."""
+    from flows.sweep import SweepGrid
+    from qelm_core.config import load_params
+
+    base = load_params(REPO / "params.yaml", {"student": {"readout": "tied"}})
+    points = dict(SweepGrid(layers=[2], alpha=[0.5], seeds=[0, 1]).points(base))
+    assert list(points) == ["q8-l2-a0.5-tied-s0", "q8-l2-a0.5-tied-s1"]
+    assert {(p["student.n_qubits"], p["student.readout"], p["seed"], p["train.seeds"]) for p in points.values()} == \
+        {(8, "tied", 0, 1), (8, "tied", 1, 1)}
+    grid = SweepGrid(n_qubits=[6, 8], layers=[2], alpha=[0.5], readout=["basis", "tied"], seeds=[0, 1, 2], steps=7)
+    points = dict(grid.points(base))
+    assert len(points) == 2 * 2 * 3 and points["q6-l2-a0.5-s2"]["student.readout"] == "basis"
+    assert points["q6-l2-a0.5-tied-s2"]["student.readout"] == "tied" and points["q6-l2-a0.5-s2"]["train.steps"] == 7
+
+
 def test_sweep_shares_upstream_work_compares_and_registers_the_best(harness, project, calls, monkeypatch):
     from prefect.task_runners import ThreadPoolTaskRunner
 

@@ -10,6 +10,7 @@ is chosen on *validation* ppl_full (choosing on test would tune on the test set 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import statistics
 from pathlib import Path
@@ -22,11 +23,21 @@ from qelm_core.plots import pareto_plot
 MODELS = ("student", "classical")  # the same names prefix their metrics in train and evaluate
 KINDS = ("quantum", "classical")
 BASELINES = ("unigram", "bigram", "teacher")
+# what tells one configuration from another (seeds aside): report key -> params.yaml key, and the value a
+# row without the key had (sweeps before that axis existed)
+CONFIG = {"n_qubits": "student.n_qubits", "layers": "student.layers", "alpha": "train.alpha",
+          "embedded_tokens": "student.embedded_tokens", "readout": "student.readout"}
+CONFIG_DEFAULTS = {"embedded_tokens": 0, "readout": "basis"}
+
+
+def config_of(params) -> dict:
+    """A run's configuration: CONFIG's keys read from its validated Params."""
+    return {name: functools.reduce(getattr, key.split("."), params) for name, key in CONFIG.items()}
 FULL_BASELINES = ("unigram", "teacher")  # the full-vocabulary figures the Pareto plot draws as lines
 
 
 def rows(points: dict[str, dict], train: dict[str, dict], evaluate: dict[str, dict]) -> list[dict]:
-    """One row per (grid point, kind). `points`: label -> {n_qubits, layers, alpha, embedded_tokens, seed}."""
+    """One row per (grid point, kind). `points`: label -> {every CONFIG key, seed}."""
     out = []
     for label, point in points.items():
         t, e = train[label], evaluate[label]
@@ -43,19 +54,18 @@ def rows(points: dict[str, dict], train: dict[str, dict], evaluate: dict[str, di
 
 
 def summarize(table: list[dict]) -> list[dict]:
-    """Mean and spread over seeds for each (n_qubits, layers, alpha, embedded_tokens, model)."""
+    """Mean and spread over seeds for each configuration (CONFIG) and model."""
     def sd(values):
         return statistics.stdev(values) if len(values) > 1 else 0.0
 
     groups: dict[tuple, list[dict]] = {}
     for row in table:
-        groups.setdefault((row["n_qubits"], row["layers"], row["alpha"], row.get("embedded_tokens", 0), row["model"]),
-                          []).append(row)
+        config = tuple(row.get(k, CONFIG_DEFAULTS.get(k)) for k in CONFIG)
+        groups.setdefault((*config, row["model"]), []).append(row)
     out = []
-    for (n, layers, alpha, rows_k, model), members in groups.items():
+    for (*config, model), members in groups.items():
         test, full = [m["test_ppl"] for m in members], [m["ppl_full"] for m in members]
-        out.append({"n_qubits": n, "layers": layers, "alpha": alpha, "embedded_tokens": rows_k, "model": model,
-                    "kind": members[0]["kind"],
+        out.append({**dict(zip(CONFIG, config)), "model": model, "kind": members[0]["kind"],
                     "seeds": len(members), "params": members[0]["params"], "bytes": members[0]["bytes"],
                     "ppl_full_mean": statistics.fmean(full), "ppl_full_std": sd(full),
                     "val_ppl_full_mean": statistics.fmean(m["val_ppl_full"] for m in members),
@@ -116,9 +126,10 @@ def markdown(summary: list[dict], table: list[dict], registered: dict, url: str)
     lines += [f"- V = {2 ** n}: **{w['label']}**, test ppl_full {w['ppl_full']:.1f} (over V: {w['test_ppl']:.3f}), "
               f"{w['params']} parameters" + (" (registered as challenger)" if w["label"] == registered["label"] else "")
               for n, w in sorted(winners(table).items())]
-    lines += ["", "| n_qubits | layers | alpha | embedded tokens | kind | params | bytes | test ppl_full (mean ± sd) | "
-              "test ppl over V (mean ± sd) | seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['n_qubits']} | {r['layers']} | {r['alpha']:g} | {r['embedded_tokens'] or 'all'} | {r['kind']} | "
+    lines += ["", "| n_qubits | layers | alpha | embedded tokens | read-out | kind | params | bytes | "
+              "test ppl_full (mean ± sd) | test ppl over V (mean ± sd) | seeds |", "|" + "---|" * 11]
+    lines += [f"| {r['n_qubits']} | {r['layers']} | {r['alpha']:g} | {r['embedded_tokens'] or 'all'} | "
+              f"{r['readout'] if r['kind'] == 'quantum' else ''} | {r['kind']} | "
               f"{r['params']} | {r['bytes']} | "
               f"{r['ppl_full_mean']:.1f} ± {r['ppl_full_std']:.1f} | {r['test_ppl_mean']:.3f} ± {r['test_ppl_std']:.3f} | "
               f"{r['seeds']} |" for r in summary]

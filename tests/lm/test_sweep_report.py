@@ -38,6 +38,11 @@ def test_summary_has_mean_and_spread_of_ppl_full_over_seeds():
     assert summary["ppl_full_std"] == pytest.approx(10.0) and summary["bytes"] == 240
     with_rows = table + [{**r, "embedded_tokens": 16} for r in table]  # another configuration, not more seeds
     assert [(r["embedded_tokens"], r["seeds"]) for r in report.summarize(with_rows)] == [(0, 3), (16, 3)]
+    tied = table + [{**r, "readout": "tied", "ppl_full": r["ppl_full"] - 50} for r in table]  # rows of old sweeps: basis
+    assert [(r["readout"], r["seeds"], r["ppl_full_mean"]) for r in report.summarize(tied)] == [("tied", 3, 360.0),
+                                                                                               ("basis", 3, 410.0)]
+    text = report.markdown(report.summarize(tied), tied, report.registered_winner(tied), "http://x")
+    assert "| 6 | 2 | 0.5 | all | tied | quantum |" in text and "| 6 | 2 | 0.5 | all | basis | quantum |" in text
 
 
 def test_sweep_rows_read_the_same_metric_names_as_the_stages():
