@@ -63,8 +63,8 @@ def quantum_param_count(sp: StudentParams) -> int:
 
 
 def post_select(probs: torch.Tensor, ancillas: int) -> torch.Tensor:
-    """(..., 2^(n+a)) -> (..., 2^n): the outcomes whose a ancilla wires (the last, least significant bits)
-    read 0. Not renormalised: the student's log_softmax (or predict_probs) does that, which is what
+    """(..., 2^(n+a)) -> (..., 2^n): the outcomes (probabilities, or amplitudes of a state) whose a ancilla
+    wires (the last, least significant bits) read 0. Not renormalised: the student's log_softmax (or predict_probs) does that, which is what
     discarding the other shots does on hardware."""
     return probs if not ancillas else probs.unflatten(-1, (-1, 2**ancillas))[..., 0]
 
@@ -171,13 +171,11 @@ class QuantumStudent(nn.Module):
         """(B, k) -> (B, V) circuit scores in vocabulary order (no log_bias): the basis-state probabilities,
         or with the tied read-out the overlaps |<phi_x|psi>|^2 (which do not sum to 1)."""
         _check_ids(context_ids, self.params.context, self.vocab_size)
-        angles = self.angles(context_ids).to(torch.float64)  # (B, k, n)
-        if self.params.readout == "tied":
-            psi = self._qnode(angles, self.circuit_weights)  # (B, 2^(n+a)) complex
-            psi = psi if not self.params.ancillas else psi.unflatten(-1, (-1, 2**self.params.ancillas))[..., 0]
-            return overlaps_squared(psi, product_states(self.angle_table()))  # (B, V) vocab order
-        probs = post_select(self._qnode(angles, self.circuit_weights), self.params.ancillas)  # (B, V) basis order
-        return probs[..., self.basis]
+        table = self.angle_table()  # (V, n)
+        out = post_select(self._qnode(table[context_ids].to(torch.float64), self.circuit_weights), self.params.ancillas)
+        if self.params.readout == "tied":  # out: the (B, V) complex state with every ancilla at 0
+            return overlaps_squared(out, product_states(table))  # (B, V) vocab order
+        return out[..., self.basis]  # (B, V) probabilities in basis order -> vocab order
 
     @torch.no_grad()
     def postselect_rate(self, context_ids: torch.Tensor, batch: int = 2048) -> torch.Tensor:
