@@ -99,14 +99,22 @@ def make_device(device_params: DeviceParams, n_wires: int, shots: int | None = N
             f"device.backend: {device_params.backend} has {backend.num_qubits} qubits but the student needs {n_wires} "
             "(student.n_qubits + student.ancillas); pick a larger backend or fewer qubits"
         )
-    kwargs = {}
+    kwargs = transpile_options(seed)
     if seed is not None:
-        kwargs["seed_transpiler"] = seed
         if is_fake_backend_name(device_params.backend):  # local simulation: make the sampling reproducible
             # +1: qiskit-ibm-runtime's local mode drops a seed of 0 (`if seed_simulator := ...`), which left
             # the default seed 0 unseeded and the noisy figures different on every run
             kwargs["options"] = {"simulator": {"seed_simulator": seed + 1}}
     return qml.device(name, wires=n_wires, backend=backend, **kwargs)
+
+
+def transpile_options(seed: int | None) -> dict:
+    """Transpiler arguments that make a seeded transpilation reproducible. qiskit <= 2.5 (pennylane-qiskit 0.45
+    needs <= 2.3) scores the layouts of VF2Layout / VF2PostLayout with a float sum taken in hash-set order
+    (Qiskit #16490, fixed after 2.5): layouts of equal error tie-break differently from call to call, so the
+    same seed gave other circuits and other noisy results (an 11-qubit chain on FakeGuadalupeV2). With an
+    explicit layout method neither VF2 pass runs, and SabreLayout is seeded."""
+    return {} if seed is None else {"seed_transpiler": seed, "layout_method": "sabre"}
 
 
 def is_fake_backend_name(name: str) -> bool:

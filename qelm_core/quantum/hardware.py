@@ -38,7 +38,8 @@ import numpy as np
 
 from qelm_core.quantum.circuits import CircuitSpec
 from qelm_core.config import QelmError
-from qelm_core.quantum.devices import _resolve_backend, fake_backend_names, fake_hardware, is_fake_backend_name
+from qelm_core.quantum.devices import (_resolve_backend, fake_backend_names, fake_hardware, is_fake_backend_name,
+                                      transpile_options)
 
 SHOT_OVERHEAD_S = 250e-6  # IBM default repetition delay between shots (used if the backend has none)
 NOT_GATES = ("measure", "barrier", "delay")
@@ -109,7 +110,7 @@ def transpile_for(qc, backend, backend_name: str, optimization_level: int, seed:
         raise HardwareError(
             f"evaluate.hardware_backend: {backend_name} has {backend.num_qubits} qubits but the circuit needs "
             f"{qc.num_qubits}; pick a larger backend (e.g. FakeKolkataV2, 27 qubits) or fewer student.n_qubits")
-    return transpile(qc, backend=backend, optimization_level=optimization_level, seed_transpiler=seed)
+    return transpile(qc, backend=backend, optimization_level=optimization_level, **transpile_options(seed))
 
 
 def gate_counts(tqc) -> tuple[int, int]:

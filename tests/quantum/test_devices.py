@@ -85,6 +85,29 @@ def test_fake_hardware_sampling_is_reproducible_with_a_seed(seed):
     assert not torch.equal(first, sample(seed + 1))
 
 
+def test_seeded_transpilation_is_reproducible_where_vf2_layouts_tie():
+    """An 11-qubit chain fits FakeGuadalupeV2's heavy hex in many equally good ways: with qiskit's default
+    layout stage (VF2Layout, tie-broken by a float sum in hash order) the same seed gave different circuits
+    from one call to the next; with the options the devices and the cost report use, every call agrees."""
+    import numpy as np
+    from qiskit import QuantumCircuit, qasm2, transpile
+
+    from qelm_core.quantum.devices import _resolve_backend, fake_hardware, transpile_options
+
+    rng = np.random.default_rng(0)
+    qc = QuantumCircuit(11)
+    for layer in range(2):
+        for q in range(11):
+            qc.ry(rng.uniform(0, 3), q)
+        for q in range(layer % 2, 10, 2):
+            qc.cz(q, q + 1)
+    qc.measure_all()
+    backend = _resolve_backend(fake_hardware("FakeGuadalupeV2"))
+    assert len({qasm2.dumps(transpile(qc, backend=backend, **transpile_options(0))) for _ in range(20)}) == 1
+    dev = make_device(dp(name="qiskit.remote", backend="FakeGuadalupeV2"), 11, shots=10, seed=0)
+    assert dev._transpile_args == transpile_options(0)  # what pennylane-qiskit passes to qiskit.transpile
+
+
 def test_fake_hardware_fuses_noisy_gates_without_changing_the_distribution():
     """The fake backend's Aer simulator fuses each gate with its noise (one Kraus op: the same channel)
     even below Aer's default 14-qubit threshold: fused and unfused sampling agree to shot noise."""
