@@ -23,6 +23,7 @@ from qelm_core.plots import pareto_plot
 MODELS = ("student", "classical")  # the same names prefix their metrics in train and evaluate
 KINDS = ("quantum", "classical")
 BASELINES = ("unigram", "bigram", "teacher")
+FULL_BASELINES = ("unigram", "teacher")  # the full-vocabulary figures the Pareto plot draws as lines
 # what tells one configuration from another (seeds aside): report key -> params.yaml key, and the value a
 # row without the key had (sweeps before that axis existed)
 CONFIG = {"n_qubits": "student.n_qubits", "layers": "student.layers", "alpha": "train.alpha",
@@ -33,7 +34,6 @@ CONFIG_DEFAULTS = {"embedded_tokens": 0, "readout": "basis"}
 def config_of(params) -> dict:
     """A run's configuration: CONFIG's keys read from its validated Params."""
     return {name: functools.reduce(getattr, key.split("."), params) for name, key in CONFIG.items()}
-FULL_BASELINES = ("unigram", "teacher")  # the full-vocabulary figures the Pareto plot draws as lines
 
 
 def rows(points: dict[str, dict], train: dict[str, dict], evaluate: dict[str, dict]) -> list[dict]:
