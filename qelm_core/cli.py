@@ -186,7 +186,7 @@ def bench(
     serve: bool = typer.Option(True, "--serve/--no-serve", help="REST latency of the champion under load (needs one)"),
     dvc: bool = typer.Option(False, "--dvc", help="also time a cold + a no-op `dvc repro` in a fresh clone (minutes)"),
     only: list[str] = typer.Option([], "--only", help="re-measure only this section of an existing bench.json "
-                                   "(engines, training, threads, teacher, serving, dvc; repeatable)"),
+                                   "(engines, tied, training, threads, teacher, serving, dvc; repeatable)"),
     n: list[int] = typer.Option([], "--n", min=1, max=20, help="qubit counts of the engine grid (repeatable)"),
     batch: list[int] = typer.Option([], "--batch", min=1, help="batch sizes of the engine grid (repeatable)"),
     params: Path = PARAMS,
@@ -226,6 +226,9 @@ def bench(
                     else f"skipped: {t['reason']}", t.get("data", ""))
     summary.add_row("training", f"{tr['tokens_per_s']:,.0f} tok/s ({tr['steps']} steps, batch {tr['batch_size']})",
                     tr["data"])
+    for row in r.get("tied", {}).get("rows", []):
+        summary.add_row(f"tied read-out n={row['n']}", f"float32 {row['ms_float32']:.1f} ms vs bfloat16 "
+                        f"{row['ms_bfloat16']:.1f} ms per step = {row['float32_vs_bfloat16']:.2f}x", f"batch {row['batch']}")
     for name, st in r.get("threads", {}).get("students", {}).items():
         summary.add_row(f"threads: {name}", f"policy {st['policy_threads']} vs default {st['default_threads']} "
                         "threads: " + ", ".join(f"{c} {st['default_vs_policy'][c]:.2f}x" for c in ("quiet", "busy"))

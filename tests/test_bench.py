@@ -64,6 +64,9 @@ def test_quick_bench_without_teacher_writes_every_section(tmp_path, monkeypatch)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and r["plot"] == str(plot)
     assert "fwd+bwd per call" in output and "skipped: --no-teacher" in output
     assert set(r["threads"]["students"]) == {"student", "classical"} and "threads: student" in output
+    assert [(row["n"], row["batch"]) for row in r["tied"]["rows"]] == [(n, max(QUICK_BATCH)) for n in QUICK_N]
+    assert all(row["ms_float32"] > 0 and row["ms_bfloat16"] > 0 and row["float32_vs_bfloat16"] > 0
+               for row in r["tied"]["rows"]) and "tied read-out n=6" in output
 
     import mlflow  # the run is in the bench experiment of the tmp store, with metrics and both artifacts
 
@@ -71,6 +74,7 @@ def test_quick_bench_without_teacher_writes_every_section(tmp_path, monkeypatch)
     run = mlflow.get_run(r["mlflow_run_id"])
     assert mlflow.get_experiment(run.info.experiment_id).name == "qelm-bench"
     assert run.data.metrics["time_vs_fused/fused/n4/b1"] == 1.0 and "train_tokens_per_s" in run.data.metrics
+    assert run.data.metrics["tied_float32_vs_bfloat16/n6/b64"] == r["tied"]["rows"][1]["float32_vs_bfloat16"]
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "bench")}
     assert names == {"bench/bench.json", "bench/bench.png"}
 
@@ -78,7 +82,7 @@ def test_quick_bench_without_teacher_writes_every_section(tmp_path, monkeypatch)
     again, _, _ = _bench(tmp_path, monkeypatch, "--no-teacher", "--no-mlflow", "--only", "training")
     assert again["cells"] == r["cells"] and again["teacher"] == r["teacher"]
     assert again["training"]["seconds"] != r["training"]["seconds"]
-    assert set(again["sections"]) == {"engines", "training", "threads", "teacher", "serving", "dvc"}
+    assert set(again["sections"]) == {"engines", "tied", "training", "threads", "teacher", "serving", "dvc"}
     assert again["sections"]["training"]["created"] >= again["sections"]["engines"]["created"]
 
 

@@ -21,7 +21,8 @@ around the measured call. On CUDA also `peak_extra_mib_cuda` (torch's allocator 
 Teacher: `teacher.score_windows` (the pipeline: body once, head on the scored positions, projection)
 vs a bare `softmax(model(input_ids).logits)` over the same batches, alternating; input tokens/s and
 `pipeline_vs_bare` (target >= 0.9). Training: a short `distill.train` of the params' student
-(steps, one validation pass and checkpoint writes included). Threads (bench/threads.py): the student's
+(steps, one validation pass and checkpoint writes included). Tied (bench/engines.py): the tied read-out's
+training step with its overlaps in float32 vs bfloat16, alternating, per n of the grid. Threads (bench/threads.py): the student's
 and its classical twin's training step with torch's default threads vs qelm's policy
 (qelm_core/threads.py), quiet and with one competing busy-loop process, interleaved, as ratios.
 Serving: the champion under a bounded REST load (`qelm serve-model`). Dvc: cold + no-op `dvc repro`.
@@ -31,7 +32,8 @@ this one runs them and writes the JSON. Imports go one way (here -> sections -> 
 bench.json: {"schema", "created", "git_commit", "host", "config", "cells": [one per engine x n x batch:
 engine, n, batch, device, status ok|skipped, reason, ms, ms_min, ms_max, samples_per_s,
 time_vs_fused, repeats, calls_per_repeat, peak_extra_mib, memory_note], "ratios": {engine: [{n, batch,
-time_vs_fused}]}, "teacher": {...}, "training": {...}, "threads": {status, reason, cpus, cores_allotted,
+time_vs_fused}]}, "tied": {rows: [{n, batch, ms_float32, ms_bfloat16, float32_vs_bfloat16, repeats,
+calls_per_repeat}], definition}, "teacher": {...}, "training": {...}, "threads": {status, reason, cpus, cores_allotted,
 override, competitor, load_avg_1min: [before, after], students: {student|classical: {kind, n_qubits, batch,
 work, default_threads, policy_threads, ms: {quiet|busy: {default, policy}}, tokens_per_s: (same shape),
 default_vs_policy: {quiet, busy}, busy_vs_quiet: {default, policy}, repeats, calls_per_repeat}},
@@ -54,7 +56,7 @@ import torch
 
 from qelm_core import threads as policy  # not `threads`: bench.threads, the section, would shadow it
 from qelm_core.bench.config import BenchConfig, bench_config, check_torch_device
-from qelm_core.bench.engines import ENGINES, bench_engines, ratios
+from qelm_core.bench.engines import ENGINES, bench_engines, bench_tied, ratios
 from qelm_core.bench.memory import MemoryProbe
 from qelm_core.bench.pipeline import bench_dvc_repro, bench_serving, bench_teacher, bench_training
 from qelm_core.bench.threads import bench_threads
@@ -66,7 +68,7 @@ SCHEMA = "qelm-bench/1"
 __all__ = ["ENGINES", "SCHEMA", "SECTIONS", "BenchConfig", "check_torch_device", "run_bench"]
 
 
-SECTIONS = ("engines", "training", "threads", "teacher", "serving", "dvc")
+SECTIONS = ("engines", "tied", "training", "threads", "teacher", "serving", "dvc")
 
 
 def run_bench(params: Params, paths: Paths, quick: bool = False, teacher: bool = True, torch_device: str = "cpu",
@@ -105,6 +107,9 @@ def run_bench(params: Params, paths: Paths, quick: bool = False, teacher: bool =
         result["config"]["engine_torch_threads"] = policy.use(policy.LARGE)
         result["cells"] = bench_engines(cfg, log, MemoryProbe())
         result["ratios"] = ratios(result["cells"])
+    if "tied" in todo:
+        log("tied: the tied read-out's training step, overlaps in float32 vs bfloat16")
+        result["tied"] = bench_tied(params.student, cfg)
     if "training" in todo:
         log("training: a short distill.train of params.yaml's student")
         result["training"] = bench_training(params, paths, cfg)
@@ -138,6 +143,7 @@ def run_bench(params: Params, paths: Paths, quick: bool = False, teacher: bool =
 
 def flat_metrics(result: dict) -> dict[str, float]:
     """MLflow metrics: {ms,samples_per_s,time_vs_fused,peak_mib}/<engine>/n<n>/b<batch>, teacher_*, train_*,
+    tied_float32_vs_bfloat16/n<n>/b<batch>,
     serve_*, dvc_* (numbers only), threads_<student|classical>_<quiet|busy>_{default_vs_policy,default_ms,policy_ms}."""
     out: dict[str, float] = {}
     for c in result["cells"]:
@@ -148,6 +154,8 @@ def flat_metrics(result: dict) -> dict[str, float]:
     for section, prefix in (("teacher", "teacher_"), ("training", "train_"), ("serving", "serve_"), ("dvc", "dvc_")):
         out.update({prefix + k: v for k, v in result.get(section, {}).items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    for row in result.get("tied", {}).get("rows", []):
+        out[f"tied_float32_vs_bfloat16/n{row['n']}/b{row['batch']}"] = row["float32_vs_bfloat16"]
     for name, s in result.get("threads", {}).get("students", {}).items():
         for c in ("quiet", "busy"):
             out[f"threads_{name}_{c}_default_vs_policy"] = s["default_vs_policy"][c]

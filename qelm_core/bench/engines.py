@@ -1,5 +1,6 @@
-"""`qelm bench` section `engines`: one fwd+bwd of each circuit engine per (n, batch), side by side (see the
-package docstring for the method and the JSON); memory is measured by bench/memory.py, handed in."""
+"""`qelm bench` sections `engines` (one fwd+bwd of each circuit engine per (n, batch), side by side, see the
+package docstring for the method and the JSON; memory is measured by bench/memory.py, handed in) and
+`tied` (the tied read-out's training step, overlaps in float32 vs bfloat16)."""
 from __future__ import annotations
 
 import gc
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 from qelm_core.bench.config import BenchConfig
 from qelm_core.quantum.circuits import ansatz, build_qnode
-from qelm_core.config import DeviceParams
+from qelm_core.config import DeviceParams, StudentParams
 from qelm_core.quantum.devices import diff_method_for, make_device
 from qelm_core.quantum.fused import compile_fused
 
@@ -172,3 +173,39 @@ def ratios(cells: list[dict]) -> dict:
         out[engine] = [{"n": c["n"], "batch": c["batch"], "time_vs_fused": c["time_vs_fused"]}
                        for c in cells if c["engine"] == engine and c.get("time_vs_fused")]
     return out
+
+
+def bench_tied(student: StudentParams, cfg: BenchConfig) -> dict:
+    """The tied read-out's training step (fwd+bwd of the student's NLL, fused engine) with its overlaps in
+    bfloat16 (train mode: what a training step runs) vs float32 (eval mode: what evaluation computes), in
+    alternating rounds, at each n of the grid and the largest batch; `float32_vs_bfloat16` is the median
+    ratio over rounds (> 1: bfloat16 is faster)."""
+    from qelm_core.lm.student import QuantumStudent
+
+    batch, rows = max(cfg.batches), []
+    for n in cfg.n_qubits:
+        sp = student.model_copy(update={"n_qubits": n, "readout": "tied", "engine": "fused", "encoding": "embedding"})
+        model = QuantumStudent(sp, generator=torch.Generator().manual_seed(n)).to(cfg.torch_device)
+        g = torch.Generator().manual_seed(n)
+        ids = torch.randint(0, 2**n, (batch, sp.context), generator=g).to(cfg.torch_device)
+        targets = torch.randint(0, 2**n, (batch,), generator=g).to(cfg.torch_device)
+
+        def step(mode: str) -> Callable[[], None]:
+            def run() -> None:
+                model.train(mode == "bfloat16")
+                model.zero_grad()
+                F.nll_loss(model(ids), targets).backward()
+            return run
+
+        steps = {dtype: step(dtype) for dtype in ("float32", "bfloat16")}
+        calls = max(1, min(100, math.ceil(cfg.min_block_s / max(_timed(steps["float32"], 1), 1e-6))))
+        _timed(steps["bfloat16"], 1)  # warm-up
+        times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+        for r in range(cfg.repeats):
+            for dtype in (("float32", "bfloat16") if r % 2 == 0 else ("bfloat16", "float32")):
+                times[dtype].append(_timed(steps[dtype], calls))
+        rows.append({"n": n, "batch": batch, **{f"ms_{d}": statistics.median(t) * 1e3 for d, t in times.items()},
+                     "float32_vs_bfloat16": statistics.median(a / b for a, b in zip(times["float32"], times["bfloat16"])),
+                     "repeats": cfg.repeats, "calls_per_repeat": calls})
+    return {"rows": rows, "definition": "tied read-out training step (fwd+bwd), overlaps in float32 / bfloat16 "
+                                        "time, median over alternating rounds (> 1: bfloat16 is faster)"}

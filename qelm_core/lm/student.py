@@ -39,19 +39,24 @@ def basis_bits(basis: torch.Tensor, n_qubits: int) -> torch.Tensor:
 
 
 def product_states(theta: torch.Tensor) -> torch.Tensor:
-    """(V, n) angles -> (V, 2^n) real amplitudes of ⊗_q RY(theta_q)|0> (wire 0 most significant)."""
-    phi = torch.ones(theta.shape[0], 1, dtype=theta.dtype, device=theta.device)
-    for q in range(theta.shape[1]):
-        half = theta[:, q, None] / 2  # (V, 1)
-        phi = (phi[:, :, None] * torch.cat([torch.cos(half), torch.sin(half)], -1)[:, None, :]).flatten(1)
-    return phi
+    """(V, n) angles -> (V, 2^n) real amplitudes of ⊗_q RY(theta_q)|0> (wire 0 most significant), as the
+    Kronecker product of the two halves' states (recursively): one pass over the (V, 2^n) output, not n."""
+    n = theta.shape[1]
+    if n <= 1:
+        half = theta / 2
+        return torch.cat([torch.cos(half), torch.sin(half)], -1) if n else theta.new_ones(len(theta), 1)
+    head, tail = product_states(theta[:, : n // 2]), product_states(theta[:, n // 2:])
+    return (head[:, :, None] * tail[:, None, :]).flatten(1)
 
 
-def overlaps_squared(psi: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+def overlaps_squared(psi: torch.Tensor, phi: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """psi (B, 2^n) complex, phi (V, 2^n) real -> (B, V) |<phi_x|psi>|^2, as one real matmul of the
-    real and imaginary parts stacked ((2B, 2^n) @ (2^n, V): half the work of a complex matmul)."""
+    real and imaginary parts stacked ((2B, 2^n) @ (2^n, V): half the work of a complex matmul), its inputs
+    in `dtype` (default: psi's real type; the result always in it). bfloat16 runs ~2x faster on CPUs with
+    AVX512-BF16 (n = 12: test perplexity of a trained student 100.2174 vs 100.2186, gradients 0.5 % apart)."""
     parts = torch.view_as_real(psi).transpose(-1, -2).reshape(2 * len(psi), -1)  # (2B, 2^n): re, im rows
-    amp = (parts @ phi.to(parts.dtype).T).reshape(len(psi), 2, -1)  # (B, 2, V)
+    dtype = dtype or parts.dtype
+    amp = (parts.to(dtype) @ phi.to(dtype).T).to(parts.dtype).reshape(len(psi), 2, -1)  # (B, 2, V)
     return amp.square().sum(1)
 
 
@@ -64,8 +69,8 @@ def quantum_param_count(sp: StudentParams) -> int:
 
 def post_select(probs: torch.Tensor, ancillas: int) -> torch.Tensor:
     """(..., 2^(n+a)) -> (..., 2^n): the outcomes (probabilities, or amplitudes of a state) whose a ancilla
-    wires (the last, least significant bits) read 0. Not renormalised: the student's log_softmax (or predict_probs) does that, which is what
-    discarding the other shots does on hardware."""
+    wires (the last, least significant bits) read 0. Not renormalised: the student's log_softmax (or
+    predict_probs) does that, which is what discarding the other shots does on hardware."""
     return probs if not ancillas else probs.unflatten(-1, (-1, 2**ancillas))[..., 0]
 
 
@@ -95,7 +100,8 @@ class QuantumStudent(nn.Module):
     phi_x = ⊗ RY(theta_x)|0> built from x's own angle row, the one that encodes x as context: the
     quantum counterpart of the log-bilinear twin's tied embedding (one vector per token to read the context
     and to score the next token), with no new parameters. The phi_x are not orthogonal, so the overlaps are
-    renormalised like the bias. Cost O(V 2^n) per example (a (B, 2^n) x (2^n, V) product); on hardware one
+    renormalised like the bias; a training step (train mode, gradients on) takes the overlaps in bfloat16,
+    evaluation in float32. Cost O(V 2^n) per example (a (B, 2^n) x (2^n, V) product); on hardware one
     compute-uncompute circuit per candidate (`predict_probs`), V circuits per position instead of one.
     Circuit weights (context, layers, n + a, 3) ~ N(0, 0.02): near identity (entangler cphase: a 4th entry
     per qubit, the ring phase, ~ pi + N(0, 0.02): starts as the CZ ring). `basis` (V,): the read-out map
@@ -174,7 +180,9 @@ class QuantumStudent(nn.Module):
         table = self.angle_table()  # (V, n)
         out = post_select(self._qnode(table[context_ids].to(torch.float64), self.circuit_weights), self.params.ancillas)
         if self.params.readout == "tied":  # out: the (B, V) complex state with every ancilla at 0
-            return overlaps_squared(out, product_states(table))  # (B, V) vocab order
+            # training steps in bfloat16 (~2x faster overlaps, see overlaps_squared); evaluation in float32
+            dtype = torch.bfloat16 if self.training and torch.is_grad_enabled() else None
+            return overlaps_squared(out, product_states(table), dtype)  # (B, V) vocab order
         return out[..., self.basis]  # (B, V) probabilities in basis order -> vocab order
 
     @torch.no_grad()

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from qelm_core.config import DeviceParams, StudentParams
-from qelm_core.lm.student import QuantumStudent, load_student, predict_probs, product_states, quantum_param_count, save_student
+from qelm_core.lm.student import (QuantumStudent, load_student, overlaps_squared, predict_probs, product_states,
+                                  quantum_param_count, save_student)
 from tests.lm.test_student import all_ids, student_params
 
 
@@ -30,6 +31,28 @@ def test_product_states_are_the_kronecker_products_of_single_qubit_states():
             ref = torch.kron(ref, torch.stack([torch.cos(q / 2), torch.sin(q / 2)]))
         torch.testing.assert_close(row, ref)
     assert phi[1].argmax() == 0b101 and phi[1].abs().max() == pytest.approx(1)  # pi * bits -> that basis state
+
+
+def test_training_steps_take_the_overlaps_in_bfloat16_and_evaluation_in_float32():
+    model = tied_student(seed=7, n_qubits=6, layers=2)
+    ids, targets = torch.randint(0, 64, (32, 2), generator=torch.Generator().manual_seed(0)), torch.arange(32)
+    model.eval()
+    with torch.no_grad():
+        exact = model(ids)
+    torch.testing.assert_close(model(ids), exact)  # eval mode: float32, with or without gradients
+    grads = {}
+    for mode in ("eval", "train"):
+        getattr(model, mode)()
+        model.zero_grad()
+        logp = model(ids)
+        torch.nn.functional.nll_loss(logp, targets).backward()
+        grads[mode] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert not torch.equal(logp, exact)  # train mode rounds the overlaps' inputs to bfloat16 ...
+    torch.testing.assert_close(logp.exp(), exact.exp(), atol=2e-3, rtol=0)  # ... and stays close
+    assert torch.nn.functional.cosine_similarity(grads["train"], grads["eval"], 0) > 0.999
+    psi = torch.randn(4, 64, dtype=torch.complex64)
+    phi = product_states(torch.randn(64, 6))
+    torch.testing.assert_close(overlaps_squared(psi, phi, torch.bfloat16), overlaps_squared(psi, phi), rtol=0.05, atol=0.02)
 
 
 @pytest.mark.parametrize("ancillas", [0, 1])
