@@ -105,8 +105,10 @@ class QuantumStudent(nn.Module):
     compute-uncompute circuit per candidate (`predict_probs`), V circuits per position instead of one.
     Circuit weights (context, layers, n + a, 3) ~ N(0, 0.02): near identity (entangler cphase: a 4th entry
     per qubit, the ring phase, ~ pi + N(0, 0.02): starts as the CZ ring). `basis` (V,): the read-out map
-    (default: Hamming order, basis.hamming_order). `log_bias` (V,), zeros at
-    init, is added to the log-probs before renormalising (a classical correction, counted as such).
+    (default: Hamming order, basis.hamming_order). `log_bias` (V,) is added to the log-probs before
+    renormalising (a classical correction, counted as such); zeros at init, with the tied read-out and
+    `unigram_counts` the centred log(count + 1) (Adam moves an entry ~lr a step, so from zeros the
+    unigram's spread of ~8 nats takes hundreds of steps; README: Results).
     """
 
     def __init__(self, params: StudentParams, device_params: DeviceParams | None = None,
@@ -143,6 +145,10 @@ class QuantumStudent(nn.Module):
             weights[..., 3] += math.pi  # start as the CZ ring
         self.circuit_weights = nn.Parameter(weights)
         self.log_bias = nn.Parameter(torch.zeros(V)) if params.log_bias else None
+        if self.log_bias is not None and params.readout == "tied" and unigram_counts is not None:
+            with torch.no_grad():  # counted: the model starts near the unigram instead of spending steps learning it
+                counted = torch.log(torch.as_tensor(unigram_counts, dtype=torch.float64).flatten() + 1)
+                self.log_bias.copy_(counted - counted.mean())
 
         if params.engine == "fused":  # same spec, own statevector code: ~10x faster than default.qubit
             readout = "state" if params.readout == "tied" else "probs"

@@ -18,6 +18,7 @@ from pathlib import Path
 from qelm_core import tracking
 from qelm_core.config import Paths
 from qelm_core.io import atomic_write_text
+from qelm_core.lm.student import ADDED_KEYS
 from qelm_core.plots import pareto_plot
 
 MODELS = ("student", "classical")  # the same names prefix their metrics in train and evaluate
@@ -28,7 +29,8 @@ FULL_BASELINES = ("unigram", "teacher")  # the full-vocabulary figures the Paret
 # row without the key had (sweeps before that axis existed)
 CONFIG = {"n_qubits": "student.n_qubits", "layers": "student.layers", "alpha": "train.alpha",
           "embedded_tokens": "student.embedded_tokens", "readout": "student.readout"}
-CONFIG_DEFAULTS = {"embedded_tokens": 0, "readout": "basis"}
+CONFIG_DEFAULTS = {name: ADDED_KEYS[key.removeprefix("student.")] for name, key in CONFIG.items()
+                   if key.removeprefix("student.") in ADDED_KEYS}  # older rows: what older students did
 
 
 def config_of(params) -> dict:

@@ -33,6 +33,19 @@ def test_product_states_are_the_kronecker_products_of_single_qubit_states():
     assert phi[1].argmax() == 0b101 and phi[1].abs().max() == pytest.approx(1)  # pi * bits -> that basis state
 
 
+def test_tied_log_bias_starts_at_the_counted_unigram_and_the_basis_one_at_zero():
+    counts = torch.tensor([500.0, 120, 40, 40, 9, 3, 0, 1])
+    tied = QuantumStudent(student_params(engine="fused", entangler="cphase", readout="tied"), unigram_counts=counts)
+    expected = torch.log(counts.double() + 1)
+    torch.testing.assert_close(tied.log_bias.detach().double(), expected - expected.mean(), atol=1e-6, rtol=0)
+    with torch.no_grad():  # so the init prefers the frequent ids whatever the context
+        assert (tied(all_ids(8, 2)).exp().mean(0).argsort(descending=True)[:2] == torch.tensor([0, 1])).all()
+    basis = QuantumStudent(student_params(engine="fused", entangler="cphase"), unigram_counts=counts)
+    assert torch.equal(basis.log_bias.detach(), torch.zeros(8))
+    assert torch.equal(QuantumStudent(student_params(engine="fused", entangler="cphase", readout="tied")).log_bias.detach(),
+                       torch.zeros(8))  # no counts: zeros (what a loaded model is overwritten from anyway)
+
+
 def test_training_steps_take_the_overlaps_in_bfloat16_and_evaluation_in_float32():
     model = tied_student(seed=7, n_qubits=6, layers=2)
     ids, targets = torch.randint(0, 64, (32, 2), generator=torch.Generator().manual_seed(0)), torch.arange(32)
