@@ -54,6 +54,17 @@ def _timed(step: Callable[[], None], calls: int) -> float:
     return timer.timeit(calls).mean
 
 
+def _rounds(steps: dict[str, Callable[[], None]], calls: dict[str, int], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each step over `repeats` interleaved rounds: every round times every step
+    (`calls[name]` calls each), the order rotating from round to round."""
+    names, times = list(steps), {name: [] for name in steps}
+    for r in range(repeats):
+        k = r % max(len(names), 1)
+        for name in names[k:] + names[:k]:
+            times[name].append(_timed(steps[name], calls[name]))
+    return times
+
+
 def _scaled(engine: str, n: int, batch: int, done: list[dict]) -> tuple[float, float, str] | None:
     """(seconds, MiB, how): the same batch at the nearest smaller n measured, x 2^dn * n/n0 (state size
     x gate count). Pessimistic at small n, where per-call overhead dominates."""
@@ -131,10 +142,8 @@ def bench_cell(cfg: BenchConfig, n: int, batch: int, done: list[dict], points: d
         else:
             steps[engine] = step
             calls[engine] = max(1, min(100, math.ceil(cfg.min_block_s / max(first, 1e-6))))
-    for r in range(cfg.repeats):  # interleaved: every round times every engine, the order rotating
-        order = list(steps)[r % max(len(steps), 1):] + list(steps)[: r % max(len(steps), 1)]
-        for engine in order:
-            times[engine].append(_timed(steps[engine], calls[engine]))
+    for engine, ts in _rounds(steps, calls, cfg.repeats).items():
+        times[engine] += ts
     del steps
     gc.collect()
     fused = times.get("fused", [])
@@ -200,10 +209,7 @@ def bench_tied(student: StudentParams, cfg: BenchConfig) -> dict:
         steps = {dtype: step(dtype) for dtype in ("float32", "bfloat16")}
         calls = max(1, min(100, math.ceil(cfg.min_block_s / max(_timed(steps["float32"], 1), 1e-6))))
         _timed(steps["bfloat16"], 1)  # warm-up
-        times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
-        for r in range(cfg.repeats):
-            for dtype in (("float32", "bfloat16") if r % 2 == 0 else ("bfloat16", "float32")):
-                times[dtype].append(_timed(steps[dtype], calls))
+        times = _rounds(steps, {dtype: calls for dtype in steps}, cfg.repeats)
         rows.append({"n": n, "batch": batch, **{f"ms_{d}": statistics.median(t) * 1e3 for d, t in times.items()},
                      "float32_vs_bfloat16": statistics.median(a / b for a, b in zip(times["float32"], times["bfloat16"])),
                      "repeats": cfg.repeats, "calls_per_repeat": calls})
