@@ -1,7 +1,9 @@
-"""`qelm bench`: what one run measures (BenchConfig), sized from params.yaml and the machine."""
+"""`qelm bench`: what one run measures (BenchConfig), sized from params.yaml and the machine, and how
+a step is timed (shared by every section)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -38,6 +40,30 @@ def bench_config(params: Params, quick: bool, torch_device: str = "cpu") -> Benc
     return BenchConfig(n_qubits=(4, 6, 8, 10, 12), batches=(1, 256, 1024), repeats=5, budget_s=60.0,
                        min_block_s=0.2, teacher_windows=16, teacher_window=tp.window, teacher_stride=tp.stride,
                        teacher_batch=tp.batch_size, train_steps=50, train_val_positions=2048, **common)
+
+
+def timed(step: Callable[[], None], calls: int) -> float:
+    """Seconds per call over `calls` calls: torch.utils.benchmark's Timer (CUDA-synchronised), at this
+    process's torch thread count (the Timer's own default would be 1 thread)."""
+    from torch.utils import benchmark
+
+    timer = benchmark.Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
+    return timer.timeit(calls).mean
+
+
+def interleaved_rounds(steps: dict, calls: dict, repeats: int,
+                       before: Callable[[object], None] | None = None) -> dict[object, list[float]]:
+    """Seconds per call of each step over `repeats` interleaved rounds: every round times every step
+    (`calls[name]` calls each, after `before(name)` sets its conditions), the order rotating from round
+    to round, so slow drifts of a noisy machine fall on every step alike."""
+    names, times = list(steps), {name: [] for name in steps}
+    for r in range(repeats):
+        k = r % max(len(names), 1)
+        for name in names[k:] + names[:k]:
+            if before is not None:
+                before(name)
+            times[name].append(timed(steps[name], calls[name]))
+    return times
 
 
 def check_torch_device(name: str) -> str:

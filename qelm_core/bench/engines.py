@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from qelm_core.bench.config import BenchConfig
+from qelm_core.bench.config import BenchConfig, interleaved_rounds, timed
 from qelm_core.quantum.circuits import ansatz, build_qnode
 from qelm_core.config import DeviceParams, StudentParams
 from qelm_core.quantum.devices import diff_method_for, make_device
@@ -43,26 +43,6 @@ def make_step(engine: str, n: int, context: int, layers: int, batch: int, torch_
         sync()
 
     return step
-
-
-def _timed(step: Callable[[], None], calls: int) -> float:
-    """Seconds per call over `calls` calls: torch.utils.benchmark's Timer (CUDA-synchronised), at this
-    process's torch thread count (the Timer's own default would be 1 thread)."""
-    from torch.utils import benchmark
-
-    timer = benchmark.Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
-    return timer.timeit(calls).mean
-
-
-def _rounds(steps: dict[str, Callable[[], None]], calls: dict[str, int], repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each step over `repeats` interleaved rounds: every round times every step
-    (`calls[name]` calls each), the order rotating from round to round."""
-    names, times = list(steps), {name: [] for name in steps}
-    for r in range(repeats):
-        k = r % max(len(names), 1)
-        for name in names[k:] + names[:k]:
-            times[name].append(_timed(steps[name], calls[name]))
-    return times
 
 
 def _scaled(engine: str, n: int, batch: int, done: list[dict]) -> tuple[float, float, str] | None:
@@ -116,7 +96,7 @@ def _probe(cfg: BenchConfig, engine: str, n: int):
     def probe(batch: int) -> float:
         step = make_step(engine, n, cfg.context, cfg.layers, batch, cfg.torch_device)
         step()  # the first call pays for tracing
-        return _timed(step, 1)
+        return timed(step, 1)
 
     return probe
 
@@ -134,7 +114,7 @@ def bench_cell(cfg: BenchConfig, n: int, batch: int, done: list[dict], points: d
             rows[engine].update(status="skipped", reason=reason)
             continue
         step = make_step(engine, n, cfg.context, cfg.layers, batch, cfg.torch_device)
-        first = _timed(step, 1)  # warm-up: tracing, allocations, kernel selection
+        first = timed(step, 1)  # warm-up: tracing, allocations, kernel selection
         times[engine], calls[engine] = [], 1
         if first > cfg.budget_s:
             times[engine] = [first]
@@ -142,7 +122,7 @@ def bench_cell(cfg: BenchConfig, n: int, batch: int, done: list[dict], points: d
         else:
             steps[engine] = step
             calls[engine] = max(1, min(100, math.ceil(cfg.min_block_s / max(first, 1e-6))))
-    for engine, ts in _rounds(steps, calls, cfg.repeats).items():
+    for engine, ts in interleaved_rounds(steps, calls, cfg.repeats).items():
         times[engine] += ts
     del steps
     gc.collect()
@@ -207,9 +187,9 @@ def bench_tied(student: StudentParams, cfg: BenchConfig) -> dict:
             return run
 
         steps = {dtype: step(dtype) for dtype in ("float32", "bfloat16")}
-        calls = max(1, min(100, math.ceil(cfg.min_block_s / max(_timed(steps["float32"], 1), 1e-6))))
-        _timed(steps["bfloat16"], 1)  # warm-up
-        times = _rounds(steps, {dtype: calls for dtype in steps}, cfg.repeats)
+        calls = max(1, min(100, math.ceil(cfg.min_block_s / max(timed(steps["float32"], 1), 1e-6))))
+        timed(steps["bfloat16"], 1)  # warm-up
+        times = interleaved_rounds(steps, {dtype: calls for dtype in steps}, cfg.repeats)
         rows.append({"n": n, "batch": batch, **{f"ms_{d}": statistics.median(t) * 1e3 for d, t in times.items()},
                      "float32_vs_bfloat16": statistics.median(a / b for a, b in zip(times["float32"], times["bfloat16"])),
                      "repeats": cfg.repeats, "calls_per_repeat": calls})

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 import torch
 
 from qelm_core import threads as policy
-from qelm_core.bench.config import BenchConfig
+from qelm_core.bench.config import BenchConfig, interleaved_rounds, timed
 from qelm_core.config import Params
 
 CONDITIONS, CHOICES = ("quiet", "busy"), ("default", "policy")
@@ -84,13 +84,6 @@ def competitor() -> Iterator[Callable[[bool], None]]:
         proc.wait()
 
 
-def _timed(step: Callable[[], None], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        step()
-    return (time.perf_counter() - start) / calls
-
-
 def _bench_student(step: Callable[[], None], counts: dict[str, int], cfg: BenchConfig,
                    set_busy: Callable[[bool], None]) -> dict:
     set_busy(False)
@@ -98,15 +91,15 @@ def _bench_student(step: Callable[[], None], counts: dict[str, int], cfg: BenchC
     for choice in CHOICES:  # warm-up of each thread count (allocations, thread pool start)
         torch.set_num_threads(counts[choice])
         step()
-        first[choice] = _timed(step, 1)
+        first[choice] = timed(step, 1)
     calls = max(1, min(50, math.ceil(cfg.min_block_s / max(min(first.values()), 1e-6))))
     cells = [(c, t) for c in CONDITIONS for t in CHOICES]
-    times: dict[tuple[str, str], list[float]] = {cell: [] for cell in cells}
-    for r in range(cfg.repeats):
-        for condition, choice in cells[r % len(cells):] + cells[: r % len(cells)]:
-            set_busy(condition == "busy")
-            torch.set_num_threads(counts[choice])
-            times[(condition, choice)].append(_timed(step, calls))
+
+    def conditions(cell: tuple[str, str]) -> None:
+        set_busy(cell[0] == "busy")
+        torch.set_num_threads(counts[cell[1]])
+
+    times = interleaved_rounds({cell: step for cell in cells}, {cell: calls for cell in cells}, cfg.repeats, conditions)
     set_busy(False)
     def ratio(a: tuple[str, str], b: tuple[str, str]) -> float:  # within each round, then the median
         return statistics.median(x / y for x, y in zip(times[a], times[b]))
