@@ -166,22 +166,22 @@ def ratios(cells: list[dict]) -> dict:
 
 def bench_tied(student: StudentParams, cfg: BenchConfig) -> dict:
     """The tied read-out's training step (fwd+bwd of the student's NLL, fused engine) with its overlaps in
-    bfloat16 (train mode: what a training step runs) vs float32 (eval mode: what evaluation computes), in
-    alternating rounds, at each n of the grid and the largest batch; `float32_vs_bfloat16` is the median
-    ratio over rounds (> 1: bfloat16 is faster)."""
-    from qelm_core.lm.student import QuantumStudent
+    bfloat16 vs float32 (forced either way; a training step takes bfloat16 where `native_bfloat16` says so),
+    in alternating rounds, at each n of the grid and the largest batch; `float32_vs_bfloat16` is the median
+    ratio over rounds (> 1: bfloat16 is faster). `native_bfloat16` records what this machine's training uses."""
+    from qelm_core.lm.student import QuantumStudent, native_bfloat16
 
     batch, rows = max(cfg.batches), []
     for n in cfg.n_qubits:
         sp = student.model_copy(update={"n_qubits": n, "readout": "tied", "engine": "fused", "encoding": "embedding"})
-        model = QuantumStudent(sp, generator=torch.Generator().manual_seed(n)).to(cfg.torch_device)
+        model = QuantumStudent(sp, generator=torch.Generator().manual_seed(n)).to(cfg.torch_device).train()
         g = torch.Generator().manual_seed(n)
         ids = torch.randint(0, 2**n, (batch, sp.context), generator=g).to(cfg.torch_device)
         targets = torch.randint(0, 2**n, (batch,), generator=g).to(cfg.torch_device)
 
         def step(mode: str) -> Callable[[], None]:
             def run() -> None:
-                model.train(mode == "bfloat16")
+                model.train_overlaps = mode  # forced: the student picks bfloat16 only where it is native
                 model.zero_grad()
                 F.nll_loss(model(ids), targets).backward()
             return run
@@ -192,6 +192,7 @@ def bench_tied(student: StudentParams, cfg: BenchConfig) -> dict:
         times = interleaved_rounds(steps, {dtype: calls for dtype in steps}, cfg.repeats)
         rows.append({"n": n, "batch": batch, **{f"ms_{d}": statistics.median(t) * 1e3 for d, t in times.items()},
                      "float32_vs_bfloat16": statistics.median(a / b for a, b in zip(times["float32"], times["bfloat16"])),
-                     "repeats": cfg.repeats, "calls_per_repeat": calls})
+                     "repeats": cfg.repeats, "calls_per_repeat": calls,
+                     "native_bfloat16": native_bfloat16(cfg.torch_device)})
     return {"rows": rows, "definition": "tied read-out training step (fwd+bwd), overlaps in float32 / bfloat16 "
                                         "time, median over alternating rounds (> 1: bfloat16 is faster)"}

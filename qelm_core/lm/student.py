@@ -53,11 +53,22 @@ def overlaps_squared(psi: torch.Tensor, phi: torch.Tensor, dtype: torch.dtype | 
     """psi (B, 2^n) complex, phi (V, 2^n) real -> (B, V) |<phi_x|psi>|^2, as one real matmul of the
     real and imaginary parts stacked ((2B, 2^n) @ (2^n, V): half the work of a complex matmul), its inputs
     in `dtype` (default: psi's real type; the result always in it). bfloat16 runs ~2x faster on CPUs with
-    AVX512-BF16 (n = 12: test perplexity of a trained student 100.2174 vs 100.2186, gradients 0.5 % apart)."""
+    AVX512-BF16, ~5x slower without (`native_bfloat16`); n = 12: test perplexity of a trained student
+    100.2174 vs 100.2186, gradients 0.5 % apart."""
     parts = torch.view_as_real(psi).transpose(-1, -2).reshape(2 * len(psi), -1)  # (2B, 2^n): re, im rows
     dtype = dtype or parts.dtype
     amp = (parts.to(dtype) @ phi.to(dtype).T).to(parts.dtype).reshape(len(psi), 2, -1)  # (B, 2, V)
     return amp.square().sum(1)
+
+
+def native_bfloat16(device: torch.device | str) -> bool:
+    """Whether `device` multiplies bfloat16 matrices in hardware: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX (torch's own checks). Elsewhere torch emulates bfloat16, much slower than float32 (an
+    AVX2 CPU, AMD EPYC Zen 3, 2 threads: a (512, 4096) x (4096, 4096) product 1.39 s vs 0.26 s)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def quantum_param_count(sp: StudentParams) -> int:
@@ -100,8 +111,9 @@ class QuantumStudent(nn.Module):
     phi_x = ⊗ RY(theta_x)|0> built from x's own angle row, the one that encodes x as context: the
     quantum counterpart of the log-bilinear twin's tied embedding (one vector per token to read the context
     and to score the next token), with no new parameters. The phi_x are not orthogonal, so the overlaps are
-    renormalised like the bias; a training step (train mode, gradients on) takes the overlaps in bfloat16,
-    evaluation in float32. Cost O(V 2^n) per example (a (B, 2^n) x (2^n, V) product); on hardware one
+    renormalised like the bias; a training step (train mode, gradients on) takes the overlaps in bfloat16
+    where the device multiplies it natively (`native_bfloat16`; `train_overlaps` = "auto", or "float32" /
+    "bfloat16" to force one), evaluation always in float32. Cost O(V 2^n) per example (a (B, 2^n) x (2^n, V) product); on hardware one
     compute-uncompute circuit per candidate (`predict_probs`), V circuits per position instead of one.
     Circuit weights (context, layers, n + a, 3) ~ N(0, 0.02): near identity (entangler cphase: a 4th entry
     per qubit, the ring phase, ~ pi + N(0, 0.02): starts as the CZ ring). `basis` (V,): the read-out map
@@ -126,11 +138,11 @@ class QuantumStudent(nn.Module):
         if sorted(basis.tolist()) != list(range(V)):
             raise QelmError(f"student: basis must be a permutation of the {V} basis states")
         self.register_buffer("basis", basis.clone())  # (V,) saved with the weights
+        counts = None if unigram_counts is None else torch.as_tensor(unigram_counts, dtype=torch.float64).flatten()
+        if counts is not None and counts.numel() != V:
+            raise QelmError(f"student: unigram_counts has {counts.numel()} entries, expected {V}")
         if params.encoding == "embedding":
-            if unigram_counts is not None:
-                counts = torch.as_tensor(unigram_counts, dtype=torch.float64).flatten()
-                if counts.numel() != V:
-                    raise QelmError(f"student: unigram_counts has {counts.numel()} entries, expected {V}")
+            if counts is not None:
                 rank = torch.argsort(torch.argsort(-counts, stable=True)).to(torch.float32)
             else:
                 rank = torch.arange(V, dtype=torch.float32)
@@ -144,10 +156,11 @@ class QuantumStudent(nn.Module):
         if params.entangler == "cphase":
             weights[..., 3] += math.pi  # start as the CZ ring
         self.circuit_weights = nn.Parameter(weights)
+        self.train_overlaps = "auto"  # dtype of the tied overlaps in a training step (circuit_probs)
         self.log_bias = nn.Parameter(torch.zeros(V)) if params.log_bias else None
-        if self.log_bias is not None and params.readout == "tied" and unigram_counts is not None:
+        if self.log_bias is not None and params.readout == "tied" and counts is not None:
             with torch.no_grad():  # counted: the model starts near the unigram instead of spending steps learning it
-                counted = torch.log(torch.as_tensor(unigram_counts, dtype=torch.float64).flatten() + 1)
+                counted = torch.log(counts + 1)
                 self.log_bias.copy_(counted - counted.mean())
 
         if params.engine == "fused":  # same spec, own statevector code: ~10x faster than default.qubit
@@ -186,8 +199,11 @@ class QuantumStudent(nn.Module):
         table = self.angle_table()  # (V, n)
         out = post_select(self._qnode(table[context_ids].to(torch.float64), self.circuit_weights), self.params.ancillas)
         if self.params.readout == "tied":  # out: the (B, V) complex state with every ancilla at 0
-            # training steps in bfloat16 (~2x faster overlaps, see overlaps_squared); evaluation in float32
-            dtype = torch.bfloat16 if self.training and torch.is_grad_enabled() else None
+            # training steps in bfloat16 where it is native (~2x faster overlaps); evaluation in float32
+            mode = self.train_overlaps if self.training and torch.is_grad_enabled() else "float32"
+            if mode == "auto":
+                mode = "bfloat16" if native_bfloat16(out.device) else "float32"
+            dtype = torch.bfloat16 if mode == "bfloat16" else None
             return overlaps_squared(out, product_states(table), dtype)  # (B, V) vocab order
         return out[..., self.basis]  # (B, V) probabilities in basis order -> vocab order
 

@@ -108,6 +108,12 @@ def test_bad_ids_are_refused():
         model(torch.tensor([[0, 1, 2]]))
 
 
+@pytest.mark.parametrize("encoding", ["embedding", "bits"])
+def test_unigram_counts_of_another_vocabulary_are_refused(encoding):
+    with pytest.raises(QelmError, match="unigram_counts has 4 entries, expected 8"):
+        QuantumStudent(student_params(encoding=encoding), unigram_counts=torch.ones(4))
+
+
 def test_classical_student_is_parameter_matched():
     sp = student_params(n_qubits=4, context=2, layers=3, log_bias=True)
     q, c = QuantumStudent(sp), ClassicalStudent(sp, quantum_param_count(sp))

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from qelm_core.config import DeviceParams, StudentParams
-from qelm_core.lm.student import (QuantumStudent, load_student, overlaps_squared, predict_probs, product_states,
-                                  quantum_param_count, save_student)
+import qelm_core.lm.student as student_module
+from qelm_core.lm.student import (QuantumStudent, load_student, native_bfloat16, overlaps_squared, predict_probs,
+                                  product_states, quantum_param_count, save_student)
 from tests.lm.test_student import all_ids, student_params
 
 
@@ -48,6 +49,7 @@ def test_tied_log_bias_starts_at_the_counted_unigram_and_the_basis_one_at_zero()
 
 def test_training_steps_take_the_overlaps_in_bfloat16_and_evaluation_in_float32():
     model = tied_student(seed=7, n_qubits=6, layers=2)
+    model.train_overlaps = "bfloat16"  # forced: "auto" takes it only where the CPU has it natively (below)
     ids, targets = torch.randint(0, 64, (32, 2), generator=torch.Generator().manual_seed(0)), torch.arange(32)
     model.eval()
     with torch.no_grad():
@@ -66,6 +68,19 @@ def test_training_steps_take_the_overlaps_in_bfloat16_and_evaluation_in_float32(
     psi = torch.randn(4, 64, dtype=torch.complex64)
     phi = product_states(torch.randn(64, 6))
     torch.testing.assert_close(overlaps_squared(psi, phi, torch.bfloat16), overlaps_squared(psi, phi), rtol=0.05, atol=0.02)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_training_steps_take_bfloat16_only_where_the_device_has_it(monkeypatch, native):
+    # emulated bfloat16 (an AVX2 CPU) multiplies ~5x slower than float32: there a step stays in float32
+    monkeypatch.setattr(student_module, "native_bfloat16", lambda device: native)
+    model = tied_student(seed=7, n_qubits=6, layers=2)
+    ids = torch.randint(0, 64, (32, 2), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        exact = model.eval()(ids)
+    assert model.train().train_overlaps == "auto"
+    assert torch.equal(model(ids), exact) is not native
+    assert native_bfloat16("cpu") in (True, False) and native_bfloat16("meta") is False
 
 
 @pytest.mark.parametrize("ancillas", [0, 1])
