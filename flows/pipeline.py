@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 from prefect import flow, unmapped
+from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
 from flows.experiment import Experiment, stage_names
 from flows.params import KEYS, Overrides, RunConfig, anchor
@@ -56,6 +57,9 @@ def pipeline(overrides: Overrides = Overrides()) -> dict:
             "reused": [s for s, r in results.items() if r["dvc_reused"]], "metrics": metrics}
 
 
+EPHEMERAL_STARTUP_S = 120
+
+
 def parse_overrides(items: list[str]) -> Overrides:
     """["layers=4", "evaluate.shots=100"] -> Overrides (field names or dotted params.yaml keys)."""
     fields, extra = {}, {}
@@ -75,8 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.root:
         os.environ["QELM_ROOT"] = str(Path(args.root).resolve())
+    # without PREFECT_API_URL the flow starts Prefect's temporary server, which took over its default 20 s
+    # to answer on a loaded 2-core machine (two flow runs beside a CI run); wait up to 2 min instead
+    timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
     try:
-        result = pipeline(parse_overrides(args.set))
+        with temporary_settings({timeout: max(timeout.value(), EPHEMERAL_STARTUP_S)}):
+            result = pipeline(parse_overrides(args.set))
     except QelmError as err:  # bad input: one line, like the qelm CLI (Prefect has logged the details)
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

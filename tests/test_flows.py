@@ -225,6 +225,26 @@ def test_invalid_override_fails_the_run_before_any_stage(harness, project, calls
     assert state.is_failed() and "train.stepz" in state.message and calls() == []
 
 
+def test_the_cli_waits_for_a_slow_temporary_prefect_server(monkeypatch, capsys):
+    """`python -m flows.pipeline` without a Prefect server: Prefect's temporary server gets 2 min to answer
+    (its default 20 s ran out for two flow runs beside a CI run); a longer setting of the user's is kept."""
+    import flows.pipeline as cli
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as timeout, temporary_settings
+
+    seen = []
+
+    def pipeline(overrides):  # stands in for the flow: what it would see when Prefect starts its server
+        seen.append((timeout.value(), overrides.layers))
+        return {}
+
+    pipeline.description = cli.pipeline.description
+    monkeypatch.setattr(cli, "pipeline", pipeline)
+    cli.main(["--set", "layers=3"])
+    with temporary_settings({timeout: 300}):
+        cli.main([])
+    assert seen == [(120, 3), (300, None)] and timeout.value() == 20
+
+
 def test_sweep_grid_points_cover_every_axis_and_empty_axes_keep_params_yaml():
     """Every combination x seed, each labelled; an empty axis takes the run's params (params.yaml + overrides)."""
     from flows.sweep import SweepGrid
