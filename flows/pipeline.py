@@ -22,6 +22,8 @@ from flows.tasks import (experiment_name, open_run, pending_shards, publish_run,
                          stage)
 from qelm_core.config import Params, QelmError
 
+EPHEMERAL_STARTUP_S = 120  # seconds main() lets Prefect's temporary server take to answer (see main)
+
 
 @flow(name="qelm-teacher-shards", log_prints=True)
 def teacher_shards(params: Params, root: Path, jobs: list) -> int:
@@ -55,9 +57,6 @@ def pipeline(overrides: Overrides = Overrides()) -> dict:
     metrics = {k: v for k, v in results.get("evaluate", {}).items() if k != "dvc_reused"}
     return {"mlflow_run": url, "dvc_experiment": exp.name,
             "reused": [s for s, r in results.items() if r["dvc_reused"]], "metrics": metrics}
-
-
-EPHEMERAL_STARTUP_S = 120
 
 
 def parse_overrides(items: list[str]) -> Overrides:

@@ -225,7 +225,7 @@ def test_invalid_override_fails_the_run_before_any_stage(harness, project, calls
     assert state.is_failed() and "train.stepz" in state.message and calls() == []
 
 
-def test_the_cli_waits_for_a_slow_temporary_prefect_server(monkeypatch, capsys):
+def test_the_cli_waits_for_a_slow_temporary_prefect_server(monkeypatch):
     """`python -m flows.pipeline` without a Prefect server: Prefect's temporary server gets 2 min to answer
     (its default 20 s ran out for two flow runs beside a CI run); a longer setting of the user's is kept."""
     import flows.pipeline as cli
