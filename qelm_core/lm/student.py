@@ -12,6 +12,7 @@ Weights are saved as safetensors + config.json (never pickle); see save_student 
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -29,6 +30,7 @@ STUDENT_KEYS = ("n_qubits", "context", "layers", "reupload_every", "ancillas", "
                 "assignment", "entangler", "engine", "classical_dim", "readout")  # what config.json records to rebuild it
 ADDED_KEYS = {"reupload_every": 0, "ancillas": 0, "embedded_tokens": 0, "readout": "basis"}  # older models behave so
 PROB_FLOOR = 1e-12  # probabilities are floored before the log so the NLL stays finite
+OVERLAP_MODES = ("auto", "float32", "bfloat16")  # QuantumStudent.train_overlaps
 FORMAT = "qelm-student/2"  # /2: the basis map is saved with the weights
 
 
@@ -38,15 +40,18 @@ def basis_bits(basis: torch.Tensor, n_qubits: int) -> torch.Tensor:
     return ((basis[:, None] >> shifts) & 1).to(torch.float32)
 
 
-def product_states(theta: torch.Tensor) -> torch.Tensor:
+def product_states(theta: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """(V, n) angles -> (V, 2^n) real amplitudes of ⊗_q RY(theta_q)|0> (wire 0 most significant), as the
-    Kronecker product of the two halves' states (recursively): one pass over the (V, 2^n) output, not n."""
+    Kronecker product of the two halves' states (recursively): one pass over the (V, 2^n) output, not n.
+    `dtype`: of that last product (default theta's); bfloat16 halves the output's memory traffic forward
+    and backward instead of rounding a float32 one (n = 12, batch 256: the tied overlaps' step 1.4x faster)."""
     n = theta.shape[1]
     if n <= 1:
         half = theta / 2
         return torch.cat([torch.cos(half), torch.sin(half)], -1) if n else theta.new_ones(len(theta), 1)
     head, tail = product_states(theta[:, : n // 2]), product_states(theta[:, n // 2:])
-    return (head[:, :, None] * tail[:, None, :]).flatten(1)
+    dtype = dtype or head.dtype
+    return (head.to(dtype)[:, :, None] * tail.to(dtype)[:, None, :]).flatten(1)
 
 
 def overlaps_squared(psi: torch.Tensor, phi: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -61,6 +66,7 @@ def overlaps_squared(psi: torch.Tensor, phi: torch.Tensor, dtype: torch.dtype | 
     return amp.square().sum(1)
 
 
+@functools.lru_cache
 def native_bfloat16(device: torch.device | str) -> bool:
     """Whether `device` multiplies bfloat16 matrices in hardware: a CUDA GPU that supports it, or a CPU with
     AVX512-BF16 or AMX (torch's own checks). Elsewhere torch emulates bfloat16, much slower than float32 (an
@@ -113,8 +119,9 @@ class QuantumStudent(nn.Module):
     and to score the next token), with no new parameters. The phi_x are not orthogonal, so the overlaps are
     renormalised like the bias; a training step (train mode, gradients on) takes the overlaps in bfloat16
     where the device multiplies it natively (`native_bfloat16`; `train_overlaps` = "auto", or "float32" /
-    "bfloat16" to force one), evaluation always in float32. Cost O(V 2^n) per example (a (B, 2^n) x (2^n, V) product); on hardware one
-    compute-uncompute circuit per candidate (`predict_probs`), V circuits per position instead of one.
+    "bfloat16" to force one), evaluation always in float32. Cost O(V 2^n) per example (a (B, 2^n) x
+    (2^n, V) product); on hardware one compute-uncompute circuit per candidate (`predict_probs`), V
+    circuits per position instead of one.
     Circuit weights (context, layers, n + a, 3) ~ N(0, 0.02): near identity (entangler cphase: a 4th entry
     per qubit, the ring phase, ~ pi + N(0, 0.02): starts as the CZ ring). `basis` (V,): the read-out map
     (default: Hamming order, basis.hamming_order). `log_bias` (V,) is added to the log-probs before
@@ -175,6 +182,17 @@ class QuantumStudent(nn.Module):
     def vocab_size(self) -> int:
         return 2**self.params.n_qubits
 
+    @property
+    def train_overlaps(self) -> str:
+        """dtype of the tied overlaps in a training step: "auto" (bfloat16 where native), "float32", "bfloat16"."""
+        return self._train_overlaps
+
+    @train_overlaps.setter
+    def train_overlaps(self, mode: str) -> None:
+        if mode not in OVERLAP_MODES:
+            raise ValueError(f"train_overlaps must be one of {OVERLAP_MODES}, got {mode!r}")
+        self._train_overlaps = mode
+
     def angle_table(self) -> torch.Tensor:
         """(V, n) RY angles of every id: the embedding's row, or the id's bits past its K rows."""
         if self.embedding is None:
@@ -201,10 +219,9 @@ class QuantumStudent(nn.Module):
         if self.params.readout == "tied":  # out: the (B, V) complex state with every ancilla at 0
             # training steps in bfloat16 where it is native (~2x faster overlaps); evaluation in float32
             mode = self.train_overlaps if self.training and torch.is_grad_enabled() else "float32"
-            if mode == "auto":
-                mode = "bfloat16" if native_bfloat16(out.device) else "float32"
-            dtype = torch.bfloat16 if mode == "bfloat16" else None
-            return overlaps_squared(out, product_states(table), dtype)  # (B, V) vocab order
+            low = mode == "bfloat16" or (mode == "auto" and native_bfloat16(out.device))
+            dtype = torch.bfloat16 if low else None
+            return overlaps_squared(out, product_states(table, dtype), dtype)  # (B, V) vocab order
         return out[..., self.basis]  # (B, V) probabilities in basis order -> vocab order
 
     @torch.no_grad()

@@ -66,8 +66,11 @@ def test_training_steps_take_the_overlaps_in_bfloat16_and_evaluation_in_float32(
     torch.testing.assert_close(logp.exp(), exact.exp(), atol=2e-3, rtol=0)  # ... and stays close
     assert torch.nn.functional.cosine_similarity(grads["train"], grads["eval"], 0) > 0.999
     psi = torch.randn(4, 64, dtype=torch.complex64)
-    phi = product_states(torch.randn(64, 6))
-    torch.testing.assert_close(overlaps_squared(psi, phi, torch.bfloat16), overlaps_squared(psi, phi), rtol=0.05, atol=0.02)
+    theta = torch.randn(64, 6)
+    phi, low = product_states(theta), product_states(theta, torch.bfloat16)
+    assert low.dtype == torch.bfloat16 and not torch.equal(low.float(), phi)
+    torch.testing.assert_close(low.float(), phi, rtol=0.01, atol=0.004)
+    torch.testing.assert_close(overlaps_squared(psi, low, torch.bfloat16), overlaps_squared(psi, phi), rtol=0.05, atol=0.02)
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -81,6 +84,14 @@ def test_training_steps_take_bfloat16_only_where_the_device_has_it(monkeypatch, 
     assert model.train().train_overlaps == "auto"
     assert torch.equal(model(ids), exact) is not native
     assert native_bfloat16("cpu") in (True, False) and native_bfloat16("meta") is False
+
+
+def test_training_overlap_mode_is_checked():
+    model = tied_student(seed=7, n_qubits=6, layers=2)
+    model.train_overlaps = "float32"
+    with pytest.raises(ValueError, match="train_overlaps must be one of"):
+        model.train_overlaps = "fp16"
+    assert model.train_overlaps == "float32"
 
 
 @pytest.mark.parametrize("ancillas", [0, 1])
