@@ -121,8 +121,9 @@ def _apply(psi: torch.Tensor, factors: list[torch.Tensor], groups: list[int]) ->
     """psi (B, 2^n) -> the state after the product of the groups' factors (shared (d, d) or per
     sample (B, d, d)). Two groups: A @ psi @ C^T. Three or more: each factor multiplies the group on the
     leading axis from the right of the transposed view, which moves that axis last ((g0, g1, g2) ->
-    (g1, g2, g0')), so after every group the order is the original again: one matmul per group and no
-    copy (BLAS reads the transposed operand in place; 1.25x faster than moving the middle axis at n = 12)."""
+    (g1, g2, g0')), so after the last group the order is the original again: one bmm per group and no
+    copy (BLAS reads the transposed operand in place; a tied n = 12 training step 1.07x faster than moving
+    the middle axis at batch 256, 1.87x at batch 1024, README)."""
     B, n = psi.shape[0], sum(groups)
     if len(groups) == 2:
         x = factors[0] @ psi.reshape(B, 2 ** groups[0], -1)  # (B, d0, d1)
