@@ -66,7 +66,7 @@ def test_gradients_match_default_qubit(n, k, L, entangler):
 @pytest.mark.parametrize("n", [9, 10])
 @pytest.mark.parametrize("entangler", ["cz", "cnot", "cphase"])
 def test_three_wire_groups_match_default_qubit(n, entangler):
-    """From n = 9 a layer is three Kronecker factors (the middle one applied on its own axis), shared
+    """From n = 9 a layer is three Kronecker factors (each on the leading axis of a transposed view), shared
     (Rot layers) and per sample (data uploads): probabilities and gradients as default.qubit's."""
     from qelm_core.quantum.fused import wire_groups
 
@@ -79,6 +79,24 @@ def test_three_wire_groups_match_default_qubit(n, entangler):
         torch.testing.assert_close(x, y, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(compile_fused(spec)(angles, weights).double(), _qnode(spec)(angles, weights),
                                atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("groups", [[1, 2], [2, 1, 2], [1, 2, 1, 2], [2, 1, 1, 1, 1]])
+@pytest.mark.parametrize("shared", [True, False])
+def test_wire_group_factors_act_as_their_kronecker_product(groups, shared):
+    """Any number of groups (n >= 13 has four; the ansatz tests above reach three): the state after `_apply`
+    is the full Kronecker product of the factors times psi, for shared and per-sample factors."""
+    from qelm_core.quantum.fused import _apply
+
+    g, B, n = torch.Generator().manual_seed(len(groups)), 3, sum(groups)
+    lead = () if shared else (B,)
+    factors = [torch.randn(*lead, 2**k, 2**k, dtype=torch.complex128, generator=g) for k in groups]
+    psi = torch.randn(B, 2**n, dtype=torch.complex128, generator=g)
+    full = factors[0]
+    for f in factors[1:]:
+        full = torch.kron(full, f) if shared else torch.stack([torch.kron(a, b) for a, b in zip(full, f)])
+    right = [*factors[:-1], factors[-1].transpose(-1, -2)]  # `_factors` hands the last one over transposed
+    torch.testing.assert_close(_apply(psi, right, groups), (full @ psi[..., None]).squeeze(-1), atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("entangler", ["cz", "cnot", "cphase"])
