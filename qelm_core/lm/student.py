@@ -182,17 +182,6 @@ class QuantumStudent(nn.Module):
     def vocab_size(self) -> int:
         return 2**self.params.n_qubits
 
-    @property
-    def train_overlaps(self) -> str:
-        """dtype of the tied overlaps in a training step: "auto" (bfloat16 where native), "float32", "bfloat16"."""
-        return self._train_overlaps
-
-    @train_overlaps.setter
-    def train_overlaps(self, mode: str) -> None:
-        if mode not in OVERLAP_MODES:
-            raise ValueError(f"train_overlaps must be one of {OVERLAP_MODES}, got {mode!r}")
-        self._train_overlaps = mode
-
     def angle_table(self) -> torch.Tensor:
         """(V, n) RY angles of every id: the embedding's row, or the id's bits past its K rows."""
         if self.embedding is None:
@@ -218,6 +207,8 @@ class QuantumStudent(nn.Module):
         out = post_select(self._qnode(table[context_ids].to(torch.float64), self.circuit_weights), self.params.ancillas)
         if self.params.readout == "tied":  # out: the (B, V) complex state with every ancilla at 0
             # training steps in bfloat16 where it is native (~2x faster overlaps); evaluation in float32
+            if self.train_overlaps not in OVERLAP_MODES:
+                raise ValueError(f"train_overlaps must be one of {OVERLAP_MODES}, got {self.train_overlaps!r}")
             mode = self.train_overlaps if self.training and torch.is_grad_enabled() else "float32"
             low = mode == "bfloat16" or (mode == "auto" and native_bfloat16(out.device))
             dtype = torch.bfloat16 if low else None
