@@ -12,7 +12,7 @@ from typing import Any
 import annotated_types
 from pydantic import ConfigDict, Field, create_model
 
-from qelm_core.config import ConfigError, Params, Paths, load_params_dotted
+from qelm_core.config import Params, Paths, load_params_dotted
 
 BOUNDS = {annotated_types.Ge: ("ge", ">="), annotated_types.Gt: ("gt", ">"), annotated_types.Le: ("le", "<="),
           annotated_types.Lt: ("lt", "<")}
