@@ -8,6 +8,7 @@ work outside DVC's outputs) are shared through the project's data/.shards.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -75,18 +76,11 @@ def _last_error(output: str) -> str:
 
 
 def set_params(path: Path, dotted: dict[str, Any]) -> None:
-    """Write overrides into params.yaml, keeping its comments and order (ruamel, as DVC's -S does)."""
-    from ruamel.yaml import YAML
+    """Write overrides into params.yaml with the code behind `dvc exp run -S` (comments and order kept;
+    `++` adds a key the file leaves to its default). Values go in as JSON, which Hydra's grammar reads."""
+    from dvc.utils.hydra import apply_overrides
 
-    yml = YAML()
-    doc = yml.load(path.read_text())
-    for key, value in dotted.items():
-        node, *parents, leaf = [doc, *key.split(".")]
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    with path.open("w") as f:
-        yml.dump(doc, f)
+    apply_overrides(path, [f"++{key}={json.dumps(value)}" for key, value in dotted.items()])
 
 
 def _link_missing(project: Path, root: Path, relative: str) -> None:
