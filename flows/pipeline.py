@@ -2,27 +2,26 @@
 
 Missing teacher shards are scored on Dask first (flows/runner.py); the teacher stage then only merges them.
 
-    python -m flows.pipeline --set layers=4 --set steps=200      # one run, Prefect ephemeral mode
+    qelm flow -S layers=4 -S steps=200      # one run without a server (Prefect's temporary one)
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from pathlib import Path
 
 import yaml
 from prefect import flow, unmapped
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+from pydantic import ValidationError
 
 from flows.experiment import Experiment, stage_names
 from flows.params import KEYS, Overrides, RunConfig, anchor
 from flows.runner import dask_runner
 from flows.tasks import (experiment_name, open_run, pending_shards, publish_run, resolve_run, save_run, score_shard,
                          stage)
-from qelm_core.config import Params, QelmError
+from qelm_core.config import ConfigError, Params
 
-EPHEMERAL_STARTUP_S = 120  # seconds main() lets Prefect's temporary server take to answer (see main)
+EPHEMERAL_STARTUP_S = 120  # seconds run_once() lets Prefect's temporary server take to answer (see run_once)
 
 
 @flow(name="qelm-teacher-shards", log_prints=True)
@@ -59,36 +58,22 @@ def pipeline(overrides: Overrides = Overrides()) -> dict:
             "reused": [s for s, r in results.items() if r["dvc_reused"]], "metrics": metrics}
 
 
-def parse_overrides(items: list[str]) -> Overrides:
-    """["layers=4", "evaluate.shots=100"] -> Overrides (field names or dotted params.yaml keys)."""
+def run_once(items: list[str]) -> dict:
+    """One run without a Prefect server (`qelm flow -S layers=4 -S evaluate.shots=100`): each item a Run-form
+    field or a dotted params.yaml key, `=`, a YAML value."""
     fields, extra = {}, {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--set {item}: expected key=value")
+            raise ConfigError(f"--set {item}: expected KEY=VALUE")
         (fields if key in KEYS else extra)[key] = yaml.safe_load(value)
-    return Overrides(**fields, extra=extra)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=pipeline.description)
-    parser.add_argument("--set", "-S", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override: one of {', '.join(KEYS)} or a dotted params.yaml key")
-    parser.add_argument("--root", default=None, help="project root (default: $QELM_ROOT or .)")
-    args = parser.parse_args(argv)
-    if args.root:
-        os.environ["QELM_ROOT"] = str(Path(args.root).resolve())
+    try:
+        overrides = Overrides(**fields, extra=extra)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ConfigError(f"--set {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     # without PREFECT_API_URL the flow starts Prefect's temporary server, which took over its default 20 s
     # to answer on a loaded 2-core machine (two flow runs beside a CI run); wait up to 2 min instead
     timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
-    try:
-        with temporary_settings({timeout: max(timeout.value(), EPHEMERAL_STARTUP_S)}):
-            result = pipeline(parse_overrides(args.set))
-    except QelmError as err:  # bad input: one line, like the qelm CLI (Prefect has logged the details)
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(yaml.safe_dump(result, sort_keys=False))
-
-
-if __name__ == "__main__":
-    main()
+    with temporary_settings({timeout: max(timeout.value(), EPHEMERAL_STARTUP_S)}):
+        return pipeline(overrides)

@@ -2,15 +2,13 @@
 
     prefect server start                       # UI + API on http://127.0.0.1:4200
     prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api
-    qelm serve                                 # or: python -m flows.serve
+    qelm serve                                 # --limit N: most flow runs at the same time
     prefect deployment run 'qelm-pipeline/default' -p overrides='{"layers": 4}'
 
 Flow runs execute in subprocesses of this one, for the project in its working directory (or
 $QELM_ROOT): each one a DVC experiment on that project's params.yaml, code, DVC cache and mlflow.db.
 """
 from __future__ import annotations
-
-import argparse
 
 from prefect import serve
 from prefect.deployments.runner import EntrypointType
@@ -34,10 +32,3 @@ def deployments(name: str = DEPLOYMENT) -> list:
 def main(limit: int | None = None, name: str = DEPLOYMENT) -> None:
     serve(*deployments(name), limit=limit)
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=None, help="most flow runs at the same time")
-    parser.add_argument("--name", default=DEPLOYMENT, help="deployment name")
-    args = parser.parse_args()
-    main(args.limit, args.name)

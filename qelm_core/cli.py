@@ -260,6 +260,23 @@ def serve(
     serve_flows(limit, name)
 
 
+@app.command()
+def flow(
+    overrides: list[str] = typer.Option([], "--set", "-S", metavar="KEY=VALUE",
+                                        help="a Run-form field (layers=4) or a dotted params.yaml key (evaluate.shots=100)"),
+) -> None:
+    """Run the qelm-pipeline flow once without a server, like the UI's Run: a DVC experiment (see flows/pipeline.py)."""
+    import yaml
+
+    from flows.pipeline import run_once
+
+    try:
+        result = run_once(overrides)
+    except QelmError as err:  # bad input: one line (Prefect has logged the details)
+        fail(str(err))
+    typer.echo(yaml.safe_dump(result, sort_keys=False))
+
+
 @app.command("serve-model")
 def serve_model(
     model: str = typer.Option("models:/qelm-student@champion", "--model", "-m", help="model URI to serve"),

@@ -1,5 +1,5 @@
 """Real servers for the tests that need them: a Prefect server (API, optionally the UI), the MLflow UI and
-`python -m flows.serve`, each on a free localhost port, each a context manager that always stops its
+`qelm serve`, each on a free localhost port, each a context manager that always stops its
 process group (SIGTERM, then SIGKILL)."""
 from __future__ import annotations
 
@@ -82,11 +82,11 @@ def mlflow_ui(db: Path, folder: Path):
 
 @contextlib.contextmanager
 def served_flows(repo: Path, api: str, folder: Path, **env):
-    """`python -m flows.serve` for `repo` against the Prefect API `api`, until both deployments are registered."""
+    """`qelm serve` for `repo` against the Prefect API `api`, until both deployments are registered."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with started([sys.executable, "-m", "flows.serve"], folder / "serve.log", None, cwd=repo,
+    with started([sys.executable, "-m", "qelm_core.cli", "serve"], folder / "serve.log", None, cwd=repo,
                  env=server_env(PREFECT_API_URL=api, PREFECT_HOME=str(folder / "serve-home"), QELM_ROOT=str(repo),
                                 QELM_DASK_WORKERS="1", **env)) as proc:
         with temporary_settings({PREFECT_API_URL: api}):

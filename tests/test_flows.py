@@ -226,23 +226,30 @@ def test_invalid_override_fails_the_run_before_any_stage(harness, project, calls
 
 
 def test_the_cli_waits_for_a_slow_temporary_prefect_server(monkeypatch):
-    """`python -m flows.pipeline` without a Prefect server: Prefect's temporary server gets 2 min to answer
-    (its default 20 s ran out for two flow runs beside a CI run); a longer setting of the user's is kept."""
-    import flows.pipeline as cli
+    """`qelm flow` without a Prefect server: Prefect's temporary server gets 2 min to answer (its default
+    20 s ran out for two flow runs beside a CI run); a longer setting of the user's is kept; a bad value is
+    one line naming the field, before any flow starts."""
+    from typer.testing import CliRunner
+
+    import flows.pipeline
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as timeout, temporary_settings
+    from qelm_core.cli import app
 
     seen = []
 
     def pipeline(overrides):  # stands in for the flow: what it would see when Prefect starts its server
-        seen.append((timeout.value(), overrides.layers))
-        return {}
+        seen.append((timeout.value(), overrides.layers, overrides.extra))
+        return {"dvc_experiment": "x"}
 
-    pipeline.description = cli.pipeline.description
-    monkeypatch.setattr(cli, "pipeline", pipeline)
-    cli.main(["--set", "layers=3"])
+    monkeypatch.setattr(flows.pipeline, "pipeline", pipeline)
+    result = CliRunner().invoke(app, ["flow", "-S", "layers=3", "--set", "evaluate.shots=100"])
+    assert result.exit_code == 0 and "dvc_experiment: x" in result.output
     with temporary_settings({timeout: 300}):
-        cli.main([])
-    assert seen == [(120, 3), (300, None)] and timeout.value() == 20
+        assert CliRunner().invoke(app, ["flow"]).exit_code == 0
+    assert seen == [(120, 3, {"evaluate.shots": 100}), (300, None, {})] and timeout.value() == 20
+    for bad, named in (["-S", "layers=0"], "--set layers"), (["-S", "layers"], "--set layers: expected KEY=VALUE"):
+        result = CliRunner().invoke(app, ["flow", *bad])
+        assert result.exit_code == 2 and named in result.output and len(seen) == 2, result.output
 
 
 def test_sweep_grid_points_cover_every_axis_and_empty_axes_keep_params_yaml():

@@ -30,7 +30,7 @@ def project(tmp_path_factory) -> tuple[Path, Path, dict]:
     env = {"QISKIT_IBM_TOKEN": TOKEN, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1"}
     proc = run(["dvc", "repro"], repo, env=env)
     (base / "dvc-repro.log").write_text(proc.stdout + proc.stderr)
-    flows = {name: start(["python", "-m", "flows.pipeline", *[a for s in sets for a in ("--set", s)]], repo,
+    flows = {name: start(["python", "-m", "qelm_core.cli", "flow", *[a for s in sets for a in ("--set", s)]], repo,
                          base / f"flow-{name}.log", env={**env, "PREFECT_HOME": str(base / f"prefect-{name}"),
                                                          "QELM_ROOT": str(repo)})
              for name, sets in FLOW_PARAMS.items()}
