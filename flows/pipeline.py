@@ -12,14 +12,13 @@ from pathlib import Path
 import yaml
 from prefect import flow, unmapped
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
-from pydantic import ValidationError
 
 from flows.experiment import Experiment, stage_names
 from flows.params import KEYS, Overrides, RunConfig, anchor
 from flows.runner import dask_runner
 from flows.tasks import (experiment_name, open_run, pending_shards, publish_run, resolve_run, save_run, score_shard,
                          stage)
-from qelm_core.config import ConfigError, Params
+from qelm_core.config import ConfigError, Params, validate_params
 
 EPHEMERAL_STARTUP_S = 120  # seconds run_once() lets Prefect's temporary server take to answer (see run_once)
 
@@ -67,11 +66,7 @@ def run_once(items: list[str]) -> dict:
         if not sep:
             raise ConfigError(f"--set {item}: expected KEY=VALUE")
         (fields if key in KEYS else extra)[key] = yaml.safe_load(value)
-    try:
-        overrides = Overrides(**fields, extra=extra)
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise ConfigError(f"--set {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    overrides = validate_params(Overrides, {**fields, "extra": extra}, "--set")  # one line naming the field
     # without PREFECT_API_URL the flow starts Prefect's temporary server, which took over its default 20 s
     # to answer on a loaded 2-core machine (two flow runs beside a CI run); wait up to 2 min instead
     timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS

@@ -247,7 +247,7 @@ def test_the_cli_waits_for_a_slow_temporary_prefect_server(monkeypatch):
     with temporary_settings({timeout: 300}):
         assert CliRunner().invoke(app, ["flow"]).exit_code == 0
     assert seen == [(120, 3, {"evaluate.shots": 100}), (300, None, {})] and timeout.value() == 20
-    for bad, named in (["-S", "layers=0"], "--set layers"), (["-S", "layers"], "--set layers: expected KEY=VALUE"):
+    for bad, named in (["-S", "layers=0"], "--set: layers: Input should be greater than or equal to 1"), (["-S", "layers"], "--set layers: expected KEY=VALUE"):
         result = CliRunner().invoke(app, ["flow", *bad])
         assert result.exit_code == 2 and named in result.output and len(seen) == 2, result.output
 
