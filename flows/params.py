@@ -9,55 +9,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import annotated_types
 from pydantic import ConfigDict, Field, create_model
 
 from qelm_core.config import Params, Paths, load_params_dotted
 
-BOUNDS = {annotated_types.Ge: ("ge", ">="), annotated_types.Gt: ("gt", ">"), annotated_types.Le: ("le", "<="),
-          annotated_types.Lt: ("lt", "<")}
+RANGE = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}  # the bounds config fields use
 
-# form field -> (dotted params.yaml key, what it is)
-SETTINGS = {
-    "seed": ("seed", "the students' init and batches (and a random basis assignment)"),
-    "corpus": ("data.corpus", "'shakespeare', a .txt file or a folder of them"),
-    "max_tokens": ("data.max_tokens", "0 = the whole corpus"),
-    "teacher_model": ("teacher.model", "'smollm2', a .gguf file or a HF folder"),
-    "n_qubits": ("student.n_qubits", "vocabulary = 2^n entries"),
-    "context": ("student.context", "previous tokens the student sees"),
-    "layers": ("student.layers", "trainable layers after each encoded token"),
-    "reupload_every": ("student.reupload_every", "the token again before every k-th layer (0 = once)"),
-    "entangler": ("student.entangler", "ring of each layer: cphase (trainable phases), cz or cnot"),
-    "ancillas": ("student.ancillas", "extra wires without data, post-selected on 0"),
-    "encoding": ("student.encoding", "embedding = trainable angles, bits = none"),
-    "embedded_tokens": ("student.embedded_tokens", "angle rows for the K most frequent ids, the rest as bits (0 = all)"),
-    "readout": ("student.readout", "next token: basis state, or tied = overlap with its own angle row"),
-    "engine": ("student.engine", "fused = qelm's statevector code (default.qubit only)"),
-    "device_name": ("device.name", "where the circuits run"),
-    "device_backend": ("device.backend", "qiskit.remote: FakeManilaV2, ibm_..."),
-    "shots": ("device.shots", "empty = exact"),
-    "alpha": ("train.alpha", "weight of the distillation term (0 = hard labels only)"),
-    "temperature": ("train.temperature", "distillation temperature"),
-    "lr": ("train.lr", "Adam learning rate"),
-    "steps": ("train.steps", "training steps per student"),
-    "batch_size": ("train.batch_size", "examples per step"),
-}
-KEYS = {name: key for name, (key, _) in SETTINGS.items()}
+# the Run form: field -> the dotted params.yaml key it overrides (any other key goes in `extra`)
+KEYS = {"seed": "seed", "corpus": "data.corpus", "max_tokens": "data.max_tokens", "teacher_model": "teacher.model",
+        **{key: f"student.{key}" for key in ("n_qubits", "context", "layers", "reupload_every", "entangler", "ancillas",
+                                             "encoding", "embedded_tokens", "readout", "engine")},
+        "device_name": "device.name", "device_backend": "device.backend", "shots": "device.shots",
+        **{key: f"train.{key}" for key in ("alpha", "temperature", "lr", "steps", "batch_size")}}
 
 
-def setting(key: str, what: str) -> tuple[Any, Any]:
+def setting(key: str) -> tuple[Any, Any]:
     """(type | None, Field) for the override of the dotted params.yaml `key`, with that config field's
-    type and bounds, and a description that names the key and states the range."""
+    type and bounds, and its description naming the key and stating the range."""
     *section, leaf = key.split(".")
-    model = Params.model_fields[section[0]].annotation if section else Params
-    info = model.model_fields[leaf]
-    bounds = {BOUNDS[type(m)][0]: getattr(m, BOUNDS[type(m)][0]) for m in info.metadata if type(m) in BOUNDS}
-    shown = ", ".join(f"{BOUNDS[type(m)][1]} {getattr(m, BOUNDS[type(m)][0])}" for m in info.metadata if type(m) in BOUNDS)
-    return info.annotation | None, Field(None, description=f"{key}: {what}" + (f" ({shown})" if shown else ""), **bounds)
+    info = (Params.model_fields[section[0]].annotation if section else Params).model_fields[leaf]
+    bounds = {name: getattr(m, name) for m in info.metadata for name in RANGE if hasattr(m, name)}
+    shown = ", ".join(f"{RANGE[name]} {value}" for name, value in bounds.items())
+    return info.annotation | None, Field(None, description=f"{key}: {info.description}" + (f" ({shown})" if shown else ""),
+                                         **bounds)
 
 
 _Settings = create_model("_Settings", __config__=ConfigDict(extra="forbid"),
-                         **{name: setting(key, what) for name, (key, what) in SETTINGS.items()})
+                         **{name: setting(key) for name, key in KEYS.items()})
 
 
 class Overrides(_Settings):

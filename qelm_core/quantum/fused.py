@@ -24,9 +24,10 @@ Design (chosen by measurement against default.qubit backprop, which applies gate
     applied in turn to the leading axis of a transposed view, which rotates the group order (`_apply`; no
     copies of the state), 1.37x faster than two halves at n = 12 and 1.39x at n = 10 when first measured
     (batch 256, side by side); n <= 8 runs the two-half operations (bitwise the same probabilities). A Rot-only
-    block's factors are shared by the batch, so C^T is applied as one plain GEMM. The first block
-    acts on |0...0>, so its result is just the product state of the merged matrices' first columns
-    (no matmul at all). torch.compile did not help on CPU, so the function is plain eager torch.
+    block's factors are shared by the batch (with two halves C^T is then one GEMM over the whole batch; groups
+    read a shared factor through an expanded view, no copies). The first block acts on |0...0>, so its
+    result is just the product state of the merged matrices' first columns (no matmul at all).
+    torch.compile did not help on CPU, so the function is plain eager torch.
   * CNOTs map basis states to basis states, so a run of them (the ring) is a permutation of the
     basis axis: composed at compile time into one index vector and applied as one gather, whose
     backward is the gather with the inverse permutation (no scatter-add). A run of CZs is diagonal:
