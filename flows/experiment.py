@@ -24,9 +24,7 @@ from qelm_core.config import EXIT_TRANSIENT, ConfigError, QelmError
 
 FOLDER = Path(".dvc") / "tmp" / "qelm-flows"  # inside .dvc/: DVC and git never look there
 REUSED = ("is cached - skipping run", "didn't change, skipping")  # run-cache hit / unchanged
-# DVC's hints for a person at a terminal; in the run's workspace `dvc exp save` does the committing
-HINTS = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage",
-         "Use `dvc push`")
+PUSH_HINT = "Use `dvc push`"  # DVC's hint for a person at a terminal (the workspace auto-stages its git hints away)
 
 
 class StageFailed(QelmError):
@@ -108,6 +106,7 @@ def open_experiment(project: Path, name: str, dotted: dict[str, Any], params) ->
             shutil.copy2(project / rel, root / rel)
     cache = _dvc(project, "cache", "dir").strip()
     _dvc(root, "config", "--local", "cache.dir", cache)
+    _dvc(root, "config", "--local", "core.autostage", "true")  # `git add` what a stage changed: `dvc exp save` commits it
     (project / "data" / ".shards").mkdir(parents=True, exist_ok=True)
     (root / "data").mkdir(exist_ok=True)
     (root / "data" / ".shards").symlink_to(project / "data" / ".shards")
@@ -142,7 +141,7 @@ def run_stage(exp: Experiment, stage: str, env: dict[str, str], log: Callable[[s
         line = line.rstrip()
         if line:
             lines.append(line)
-            if not line.strip().startswith(HINTS):
+            if not line.startswith(PUSH_HINT):
                 log(line)
     if proc.wait():
         output = "\n".join(lines)
@@ -156,16 +155,11 @@ def run_stage(exp: Experiment, stage: str, env: dict[str, str], log: Callable[[s
     return reused, metrics
 
 
-def save_experiment(exp: Experiment, stages: list[str], env: dict[str, str]) -> str:
-    """Commit the run (the `stages` it ran) as a DVC experiment, fetch its ref into the project, remove
-    the workspace."""
+def save_experiment(exp: Experiment, stages: list[str], env: dict[str, str]) -> None:
+    """Commit the run (the `stages` it ran) as a DVC experiment, push it to the project (the workspace's
+    origin), remove the workspace."""
     # cache: false metrics/plots that git does not track yet are committed too (dvc exp save skips them)
     untracked = [p for p in _git(exp.root, "ls-files", "-z", "--others", "--exclude-standard").split("\0") if p]
     _dvc(exp.root, "exp", "save", "-n", exp.name, *[a for p in untracked for a in ("-I", p)], *stages, env=env)
-    refs = [r for r in _git(exp.root, "for-each-ref", "refs/exps", "--format=%(refname)").split()
-            if r.endswith(f"/{exp.name}")]
-    if len(refs) != 1:
-        raise StageFailed(f"dvc exp save -n {exp.name}: expected one experiment ref, found {refs}")
-    _git(exp.project, "fetch", "-q", str(exp.root), f"{refs[0]}:{refs[0]}")
+    _dvc(exp.root, "exp", "push", "--no-cache", "origin", exp.name, env=env)  # the outputs are in the shared cache
     shutil.rmtree(exp.root)
-    return refs[0]

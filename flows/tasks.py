@@ -64,11 +64,10 @@ def stage(name: str, label: str = ""):
 
 
 @task(name="save-experiment", tags=["qelm"])
-def save_run(exp: Experiment, stages: list[str], tracking_uri: str) -> str:
+def save_run(exp: Experiment, stages: list[str], tracking_uri: str) -> None:
     """`dvc exp save` of the stages the run went through (an unregistered sweep point has no register outputs)."""
-    ref = save_experiment(exp, stages, stage_env(exp, tracking_uri, None))
+    save_experiment(exp, stages, stage_env(exp, tracking_uri, None))
     get_run_logger().info("saved as DVC experiment %s (`dvc exp show`, `dvc exp apply %s`)", exp.name, exp.name)
-    return ref
 
 
 @functools.lru_cache(maxsize=1)
