@@ -9,16 +9,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
 from prefect import flow, unmapped
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
 from flows.experiment import Experiment, stage_names
-from flows.params import KEYS, Overrides, RunConfig, anchor
+from flows.params import Overrides, RunConfig, anchor
 from flows.runner import dask_runner
 from flows.tasks import (experiment_name, open_run, pending_shards, publish_run, resolve_run, save_run, score_shard,
                          stage)
-from qelm_core.config import ConfigError, Params, validate_params
+from qelm_core.config import Params
 
 EPHEMERAL_STARTUP_S = 120  # seconds run_once() lets Prefect's temporary server take to answer (see run_once)
 
@@ -57,16 +56,8 @@ def pipeline(overrides: Overrides = Overrides()) -> dict:
             "reused": [s for s, r in results.items() if r["dvc_reused"]], "metrics": metrics}
 
 
-def run_once(items: list[str]) -> dict:
-    """One run without a Prefect server (`qelm flow -S layers=4 -S evaluate.shots=100`): each item a Run-form
-    field or a dotted params.yaml key, `=`, a YAML value."""
-    fields, extra = {}, {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item}: expected KEY=VALUE")
-        (fields if key in KEYS else extra)[key] = yaml.safe_load(value)
-    overrides = validate_params(Overrides, {**fields, "extra": extra}, "--set")  # one line naming the field
+def run_once(overrides: Overrides) -> dict:
+    """One run without a Prefect server (`qelm flow -S layers=4 -S evaluate.shots=100`)."""
     # without PREFECT_API_URL the flow starts Prefect's temporary server, which took over its default 20 s
     # to answer on a loaded 2-core machine (two flow runs beside a CI run); wait up to 2 min instead
     timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS

@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 
 from qelm_core import threads
-from qelm_core.config import EXIT_TRANSIENT, Paths, QelmError, is_transient, load_params
+from qelm_core.config import EXIT_TRANSIENT, ConfigError, Paths, QelmError, is_transient, load_params, validate_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="qelm: distil an LLM into a quantum student.")
 PARAMS = typer.Option(Path("params.yaml"), "--params", "-p", help="params file")
@@ -268,10 +268,17 @@ def flow(
     """Run the qelm-pipeline flow once without a server, like the UI's Run: a DVC experiment (see flows/pipeline.py)."""
     import yaml
 
+    from flows.params import KEYS, Overrides
     from flows.pipeline import run_once
 
+    fields, extra = {}, {}
     try:
-        result = run_once(overrides)
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--set {item}: expected KEY=VALUE")
+            (fields if key in KEYS else extra)[key] = yaml.safe_load(value)
+        result = run_once(validate_params(Overrides, {**fields, "extra": extra}, "--set"))  # one line naming the field
     except QelmError as err:  # bad input: one line (Prefect has logged the details)
         fail(str(err))
     typer.echo(yaml.safe_dump(result, sort_keys=False))
