@@ -31,4 +31,3 @@ def deployments(name: str = DEPLOYMENT) -> list:
 
 def main(limit: int | None = None, name: str = DEPLOYMENT) -> None:
     serve(*deployments(name), limit=limit)
-
